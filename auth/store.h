@@ -1,0 +1,68 @@
+/* store.h — the account store in SQLite (WAL mode): accounts and their
+ * password hashes. Synchronous, blocking calls: in the daemon they run on
+ * worker threads only. One struct store per thread (a SQLite connection is
+ * not shared between threads). Knows nothing of libuv or sockets.
+ *
+ * Schema changes go through versioned migrations kept in schema_version
+ * (module TEXT PRIMARY KEY, version INTEGER): this module owns module
+ * "auth"; core/queue.c owns "queue" in the same database file. */
+#ifndef SMARTHOST_STORE_H
+#define SMARTHOST_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define STORE_NAME_MAX 255  /* user names: 1..255 bytes, printable, no space */
+
+enum store_status {
+    STORE_OK = 0,
+    STORE_NOT_FOUND = -1,   /* no such user */
+    STORE_EXISTS = -2,      /* user add: name taken */
+    STORE_INVALID = -3,     /* bad name or empty password */
+    STORE_BUSY = -4,        /* database locked past the busy timeout */
+    STORE_ERROR = -5,       /* any other SQLite or I/O error */
+};
+
+enum store_auth_result {
+    STORE_AUTH_OK,
+    STORE_AUTH_BAD_PASSWORD,
+    STORE_AUTH_NO_USER,     /* caller must not reveal this to the client */
+    STORE_AUTH_DISABLED,
+    STORE_AUTH_ERROR,       /* storage error: tempfail */
+};
+
+struct account {
+    int64_t id;
+    char name[STORE_NAME_MAX + 1];
+    bool is_enabled;
+    int64_t created_at;      /* unix seconds */
+    int64_t password_changed_at;
+};
+
+struct store;
+
+/* Open (creating and migrating when needed) the database at path, WAL mode,
+ * busy timeout busy_timeout_ms. Caller frees with store_close. */
+int store_open(const char *path, unsigned busy_timeout_ms, struct store **out);
+void store_close(struct store *st);
+
+/* Borrowed until store_close: the last SQLite error text, for CLI messages. */
+const char *store_errmsg(struct store *st);
+
+int store_user_add(struct store *st, const char *name, const char *password);
+int store_user_del(struct store *st, const char *name);
+int store_user_passwd(struct store *st, const char *name, const char *password);
+int store_user_set_enabled(struct store *st, const char *name, bool is_enabled);
+int store_user_get(struct store *st, const char *name, struct account *out);
+/* Calls cb for each account in name order; a non-zero return from cb stops. */
+int store_user_list(struct store *st, int (*cb)(const struct account *a, void *arg), void *arg);
+
+/* Verify a password (yescrypt, slow). When the user does not exist a dummy
+ * hash is still computed so timing does not reveal it. */
+enum store_auth_result store_verify_password(struct store *st, const char *name,
+                                             const char *password);
+
+/* true when name is acceptable as a user name. */
+bool store_name_is_valid(const char *name);
+
+#endif

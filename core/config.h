@@ -1,0 +1,125 @@
+/* config.h — smarthost.conf: an INI file parsed with libinih and checked
+ * against one table of keys (name, type, default, bounds, doc line). That
+ * table drives parsing, `smarthostd --check-config`, `smarthostctl config
+ * check` and the smarthost.conf(5) key list. libuv-free.
+ *
+ * Sections: [server] [log] [tls] [limits] [auth] [queue], and any number of
+ * [listener NAME] sections. A file with no listener section gets the default
+ * pair: "submission" (0.0.0.0:587 and [::]:587, starttls) and "submissions"
+ * (0.0.0.0:465 and [::]:465, implicit TLS). Errors name file:line:key. */
+#ifndef SMARTHOST_CONFIG_H
+#define SMARTHOST_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/log.h"
+
+#define CONFIG_MAX_ADDRESSES 8
+#define CONFIG_MAX_LISTENERS 16
+
+enum listener_mode {
+    LISTENER_STARTTLS, /* port 587: STARTTLS required before AUTH or MAIL */
+    LISTENER_IMPLICIT, /* port 465: TLS from the first byte (RFC 8314) */
+    LISTENER_PLAIN,    /* no TLS offered at all; only with allow_plaintext_auth */
+};
+
+enum bare_lf_policy {
+    BARE_LF_NORMALIZE, /* bare LF / bare CR inside DATA become CRLF (default) */
+    BARE_LF_REJECT,    /* the message is refused with 550 5.6.0 */
+};
+
+struct listener_config {
+    char name[64];                            /* from "[listener NAME]" */
+    char *addresses[CONFIG_MAX_ADDRESSES];    /* "127.0.0.1:587", "[::1]:587", "*:587" */
+    size_t address_count;
+    enum listener_mode mode;
+    char *tls_priority;        /* GnuTLS priority string */
+    enum bare_lf_policy bare_lf;
+    bool allow_plaintext_auth; /* AUTH without TLS (legacy devices, trusted LAN) */
+};
+
+struct config {
+    char *path;
+
+    /* [server] */
+    char *hostname;          /* banner, Received:, Message-ID; default gethostname() */
+    char *user;              /* drop to this user after binding; "" = stay */
+    char *database;          /* SQLite file: accounts, quotas, queue */
+    unsigned threads;        /* event loops; 0 = one per online core */
+
+    /* [log] */
+    enum log_target log_target;
+    enum log_level log_level;
+
+    /* [tls] */
+    char *cert_file;         /* PEM chain (RSA or ECDSA) */
+    char *key_file;
+    char *cert2_file;        /* optional second pair, e.g. ECDSA beside RSA */
+    char *key2_file;
+
+    /* [limits] */
+    uint64_t max_message_size;   /* bytes, advertised in EHLO SIZE */
+    unsigned max_recipients;     /* per message: 452 4.5.3 beyond */
+    unsigned max_line_length;    /* command line, bytes incl. CRLF: 500 5.5.2 */
+    unsigned max_errors;         /* per session, then 421 4.7.0 and close */
+    uint64_t idle_timeout_ms;    /* no input for this long: 421 4.4.2 */
+    uint64_t session_timeout_ms; /* whole session: 421 4.4.2 */
+    unsigned max_connections;        /* in total: 421 4.7.0 */
+    unsigned max_connections_per_ip; /* per client address: 421 4.7.0 */
+
+    /* [auth] */
+    unsigned auth_failure_delay_ms;   /* first failed AUTH waits this long; doubles */
+    unsigned auth_max_delay_ms;       /* cap of that delay */
+    unsigned auth_ip_lockout_failures;      /* failures per client IP before lockout */
+    unsigned auth_account_lockout_failures; /* failures per account before lockout */
+    uint64_t auth_lockout_ms;         /* how long a lockout lasts */
+    uint64_t auth_failure_window_ms;  /* failures older than this are forgotten */
+
+    /* [queue] */
+    uint64_t queue_busy_timeout_ms;   /* SQLite busy wait before 452 4.3.1 */
+
+    struct listener_config listeners[CONFIG_MAX_LISTENERS];
+    size_t listener_count;
+};
+
+enum config_type {
+    CONFIG_STRING, CONFIG_BOOL, CONFIG_UINT, CONFIG_SIZE, CONFIG_DURATION, CONFIG_ENUM,
+    CONFIG_LIST, /* comma-separated strings (listener addresses) */
+};
+
+struct config_key {
+    const char *section;   /* "server", "limits", … or "listener" for [listener NAME] */
+    const char *name;
+    enum config_type type;
+    const char *default_value; /* as written in the file ("35M", "5m", "yes") */
+    uint64_t min, max;         /* bounds for UINT/SIZE/DURATION (ms) */
+    const char *enum_values;   /* "starttls|implicit|plain" for ENUM */
+    const char *doc;           /* one line for smarthost.conf(5) and --help */
+};
+
+/* The key table; *count receives its length. Borrowed, static. */
+const struct config_key *config_keys(size_t *count);
+
+/* Parse path into a new config (caller frees with config_free). On failure
+ * returns -1 and writes "FILE:LINE: [section] key: reason" into err. Every
+ * key has a default, so a missing file is an error but an empty one is not. */
+int config_load(const char *path, struct config **out, char *err, size_t err_size);
+
+/* A config holding only defaults (tests, `smarthostctl` without a file). */
+struct config *config_defaults(void);
+void config_free(struct config *cfg);
+
+/* Value parsers, exposed for tests: "35M", "10k", "1048576"; "30s", "5m",
+ * "2h", "1d", "250ms" (plain number = seconds). Return 0 or -1. */
+int config_parse_size(const char *s, uint64_t *out);
+int config_parse_duration_ms(const char *s, uint64_t *out);
+int config_parse_bool(const char *s, bool *out);
+
+/* Write the whole file format with defaults, every key commented, to fp
+ * (used for packaging/smarthost.conf and the man page). */
+void config_write_defaults(FILE *fp);
+
+#endif
