@@ -98,6 +98,16 @@ struct config_key {
     uint64_t min, max;         /* bounds for UINT/SIZE/DURATION (ms) */
     const char *enum_values;   /* "starttls|implicit|plain" for ENUM */
     const char *doc;           /* one line for smarthost.conf(5) and --help */
+
+    /* Added with config.c: where config_load stores the parsed value, so the
+     * table alone drives parsing (no per-key code). STRING values also use
+     * min/max as length bounds, LIST values as entry-count bounds. */
+    size_t offset;             /* into struct config, or struct listener_config */
+    size_t size;               /* sizeof that member (numbers: 4 or 8 bytes) */
+    const int *enum_map;       /* ENUM: value stored per enum_values word; NULL = index */
+    /* Extra check of one value (one LIST entry) after type and bounds; NULL =
+     * none. Returns 0, or -1 with a reason ("expected …") written to why. */
+    int (*check)(const char *value, char *why, size_t why_size);
 };
 
 /* The key table; *count receives its length. Borrowed, static. */
