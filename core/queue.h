@@ -66,6 +66,10 @@ void queue_id_new(char out[QUEUE_ID_SIZE]);
 typedef void (*queue_committed_hook)(const char *qid, void *arg);
 void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg);
 
+/* Write transactions committed (one WAL fsync each) since queue_open: a
+ * whole group commit counts once. Thread-safe; for tests and status. */
+uint64_t queue_stats_batches(struct queue *q);
+
 /* ---- reading the queue (smarthostctl, tests). Blocking; own connection. */
 
 struct queue_entry {

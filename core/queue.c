@@ -1,0 +1,811 @@
+/* queue.c — the durable queue: module "queue" of the shared SQLite file
+ * (messages, recipients, bodies), the group-commit thread and the reader used
+ * by smarthostctl and tests. A callback reports QUEUE_OK only after COMMIT has
+ * returned with synchronous=FULL, i.e. after the WAL was fsync'd; a failed
+ * write is rolled back whole, so a message never exists without its
+ * recipients and full body. Never touches libuv, and never calls a callback
+ * for a request that queue_commit_submit() refused. */
+#include "core/queue.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "core/log.h"
+
+/* A bound on one transaction: more waiting requests stay for the next round
+ * (one more fsync) instead of growing a single transaction without limit. */
+#define QUEUE_BATCH_MAX 256
+/* The reader serves the CLI: wait this long for the daemon's checkpoints. */
+#define QUEUE_READER_BUSY_MS 5000
+
+/* Ordered migrations of module "queue"; entry i brings the schema to i + 1.
+ * Never edit a released entry: append a new one. */
+static const char *const queue_migrations[] = {
+    "CREATE TABLE messages("
+    " id INTEGER PRIMARY KEY,"
+    " qid TEXT UNIQUE NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " sender TEXT NOT NULL,"
+    " auth_user TEXT NOT NULL,"
+    " client_addr TEXT NOT NULL,"
+    " helo TEXT NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'queued',"
+    " next_attempt_at INTEGER NOT NULL DEFAULT 0,"
+    " body BLOB NOT NULL);"
+    "CREATE TABLE recipients("
+    " id INTEGER PRIMARY KEY,"
+    " message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
+    " address TEXT NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'queued',"
+    " last_error TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX recipients_message_id ON recipients(message_id);"
+    "CREATE INDEX messages_state_next_attempt ON messages(state, next_attempt_at);",
+};
+#define QUEUE_SCHEMA_VERSION ((int)(sizeof(queue_migrations) / sizeof(queue_migrations[0])))
+
+struct queue {
+    sqlite3 *db; /* used only by the committer thread once queue_open returns */
+    sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_message, *st_recipient;
+    pthread_t thread;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    /* guarded by lock */
+    struct queue_commit_req *head, *tail; /* FIFO of submitted requests */
+    bool is_closing;
+    queue_committed_hook hook;
+    void *hook_arg;
+
+    atomic_uint_fast64_t batches;
+
+    /* committer thread only: the batch being written */
+    struct queue_commit_req *batch[QUEUE_BATCH_MAX];
+    int status[QUEUE_BATCH_MAX];
+    char committed[QUEUE_BATCH_MAX][QUEUE_ID_SIZE];
+};
+
+struct queue_reader {
+    sqlite3 *db;
+};
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static int queue_status_from_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return QUEUE_OK;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return QUEUE_ERR_BUSY;
+    default:
+        return QUEUE_ERR_STORAGE;
+    }
+}
+
+static bool queue_rc_is_busy(int rc)
+{
+    return queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY;
+}
+
+/* Run one statement that returns no rows we need (pragmas, BEGIN, …). */
+static int queue_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/* Step a cached statement to completion and reset it; returns an SQLite code. */
+static int queue_step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+/* Copy a column into a fixed field, truncating; NULL becomes "". */
+static void queue_copy_text(char *out, size_t out_size, sqlite3_stmt *st, int col)
+{
+    const unsigned char *text = sqlite3_column_text(st, col);
+    snprintf(out, out_size, "%s", text != NULL ? (const char *)text : "");
+}
+
+/* ---- opening and migrating -------------------------------------------- */
+
+static int queue_schema_version(sqlite3 *db, int *version)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT version FROM schema_version WHERE module = 'queue'",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    *version = 0;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *version = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Apply migration index i (to version i + 1) in its own write transaction.
+ * The version is read again under the write lock: another process (the
+ * daemon and smarthostctl share the file) may have just applied it. */
+static int queue_migrate_one(sqlite3 *db, int i)
+{
+    int rc = queue_exec(db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK)
+        return rc;
+    int version = 0;
+    rc = queue_schema_version(db, &version);
+    if (rc == SQLITE_OK && version <= i) {
+        rc = queue_exec(db, queue_migrations[i]);
+        if (rc == SQLITE_OK) {
+            sqlite3_stmt *st = NULL;
+            rc = sqlite3_prepare_v2(db,
+                                    "INSERT INTO schema_version(module, version) VALUES('queue', ?)"
+                                    " ON CONFLICT(module) DO UPDATE SET version = excluded.version",
+                                    -1, &st, NULL);
+            if (rc == SQLITE_OK) {
+                sqlite3_bind_int(st, 1, i + 1);
+                rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
+                sqlite3_finalize(st);
+            }
+        }
+    }
+    if (rc == SQLITE_OK)
+        rc = queue_exec(db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        log_err(NULL, "queue migration failed version=%d rc=%d error=\"%s\"", i + 1, rc,
+                sqlite3_errmsg(db));
+        if (!sqlite3_get_autocommit(db))
+            queue_exec(db, "ROLLBACK");
+        return rc;
+    }
+    if (version <= i)
+        log_info(NULL, "queue schema migrated version=%d", i + 1);
+    return SQLITE_OK;
+}
+
+static int queue_migrate(sqlite3 *db)
+{
+    int rc = queue_exec(db, "CREATE TABLE IF NOT EXISTS schema_version("
+                            "module TEXT PRIMARY KEY, version INTEGER)");
+    if (rc != SQLITE_OK)
+        return rc;
+    int version = 0;
+    rc = queue_schema_version(db, &version);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (version > QUEUE_SCHEMA_VERSION) {
+        /* A newer build wrote this file: writing with our idea of the schema
+         * could corrupt what it expects. */
+        log_err(NULL, "queue schema is newer than this build version=%d supported=%d", version,
+                QUEUE_SCHEMA_VERSION);
+        return SQLITE_ERROR;
+    }
+    for (int i = version; i < QUEUE_SCHEMA_VERSION; i++) {
+        rc = queue_migrate_one(db, i);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+/* WAL so readers (smarthostctl, the runner) never block the committer, and
+ * synchronous=FULL so COMMIT returns only after the WAL is fsync'd: that is
+ * what lets the session answer 250. */
+static int queue_configure(sqlite3 *db, unsigned busy_timeout_ms)
+{
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, busy_timeout_ms > INT_MAX ? INT_MAX : (int)busy_timeout_ms);
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *mode = sqlite3_column_text(st, 0);
+        rc = mode != NULL && strcmp((const char *)mode, "wal") == 0 ? SQLITE_OK : SQLITE_ERROR;
+        if (rc != SQLITE_OK)
+            log_err(NULL, "queue database refused WAL mode journal_mode=%s",
+                    mode != NULL ? (const char *)mode : "?");
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = queue_exec(db, "PRAGMA synchronous=FULL");
+    if (rc == SQLITE_OK)
+        rc = queue_exec(db, "PRAGMA foreign_keys=ON");
+    return rc;
+}
+
+static int queue_prepare_statements(struct queue *q)
+{
+    struct {
+        sqlite3_stmt **st;
+        const char *sql;
+    } stmts[] = {
+        {&q->st_begin, "BEGIN IMMEDIATE"},
+        {&q->st_commit, "COMMIT"},
+        {&q->st_rollback, "ROLLBACK"},
+        {&q->st_message, "INSERT INTO messages(qid, created_at, sender, auth_user, client_addr,"
+                         " helo, size, body) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"},
+        {&q->st_recipient, "INSERT INTO recipients(message_id, address) VALUES(?, ?)"},
+    };
+    for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
+        int rc = sqlite3_prepare_v3(q->db, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT,
+                                    stmts[i].st, NULL);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+static void queue_free_db(struct queue *q)
+{
+    sqlite3_finalize(q->st_begin);
+    sqlite3_finalize(q->st_commit);
+    sqlite3_finalize(q->st_rollback);
+    sqlite3_finalize(q->st_message);
+    sqlite3_finalize(q->st_recipient);
+    sqlite3_close(q->db); /* NULL-safe */
+}
+
+/* ---- the committer ---------------------------------------------------- */
+
+static bool queue_req_is_valid(const struct queue_commit_req *req)
+{
+    if (req->qid == NULL || req->sender == NULL || req->auth_user == NULL ||
+        req->client_addr == NULL || req->helo == NULL)
+        return false;
+    /* A message without recipients could never leave the queue. */
+    if (req->recipient_count == 0 || req->recipients == NULL)
+        return false;
+    for (size_t i = 0; i < req->recipient_count; i++)
+        if (req->recipients[i] == NULL)
+            return false;
+    if ((req->header_len > 0 && req->header == NULL) || (req->body_len > 0 && req->body == NULL))
+        return false;
+    return true;
+}
+
+/* Write the body blob in place from its two parts, without concatenating
+ * them first: the row was inserted with a zeroblob of the full size. */
+static int queue_write_body(struct queue *q, sqlite3_int64 rowid,
+                            const struct queue_commit_req *req)
+{
+    sqlite3_blob *blob = NULL;
+    int rc = sqlite3_blob_open(q->db, "main", "messages", "body", rowid, 1, &blob);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (req->header_len > 0)
+        rc = sqlite3_blob_write(blob, req->header, (int)req->header_len, 0);
+    if (rc == SQLITE_OK && req->body_len > 0)
+        rc = sqlite3_blob_write(blob, req->body, (int)req->body_len, (int)req->header_len);
+    int close_rc = sqlite3_blob_close(blob);
+    return rc != SQLITE_OK ? rc : close_rc;
+}
+
+/* Insert one message, its body and its recipients inside the caller's open
+ * transaction. Returns an SQLite code; on failure the caller rolls back. */
+static int queue_insert_message(struct queue *q, const struct queue_commit_req *req,
+                                sqlite3_int64 now)
+{
+    if (!queue_req_is_valid(req))
+        return SQLITE_MISUSE;
+    /* sqlite3_blob_write takes int sizes; the configured message size limit
+     * is far below this, so only a caller bug gets here. */
+    if (req->header_len > INT_MAX || req->body_len > (size_t)INT_MAX - req->header_len)
+        return SQLITE_TOOBIG;
+    sqlite3_int64 size = (sqlite3_int64)(req->header_len + req->body_len);
+
+    sqlite3_stmt *st = q->st_message;
+    sqlite3_bind_text(st, 1, req->qid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_text(st, 3, req->sender, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, req->auth_user, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, req->client_addr, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, req->helo, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, size);
+    int rc = sqlite3_bind_zeroblob64(st, 8, (sqlite3_uint64)size);
+    if (rc == SQLITE_OK)
+        rc = queue_step_done(st);
+    sqlite3_clear_bindings(st); /* drop borrowed pointers */
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_int64 rowid = sqlite3_last_insert_rowid(q->db);
+    if (size > 0) {
+        rc = queue_write_body(q, rowid, req);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+
+    st = q->st_recipient;
+    for (size_t i = 0; i < req->recipient_count; i++) {
+        sqlite3_bind_int64(st, 1, rowid);
+        sqlite3_bind_text(st, 2, req->recipients[i], -1, SQLITE_STATIC);
+        rc = queue_step_done(st);
+        sqlite3_clear_bindings(st);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+static void queue_rollback(struct queue *q)
+{
+    /* Some errors (SQLITE_FULL, IOERR, NOMEM) already rolled back. */
+    if (!sqlite3_get_autocommit(q->db))
+        queue_step_done(q->st_rollback);
+}
+
+/* One transaction for batch[first .. first + count): BEGIN IMMEDIATE, every
+ * insert, COMMIT. Returns an SQLite code; on failure nothing is left behind. */
+static int queue_write_transaction(struct queue *q, size_t first, size_t count)
+{
+    const char *qid = count == 1 && q->batch[first]->qid != NULL ? q->batch[first]->qid : NULL;
+    const char *step = "begin";
+    sqlite3_int64 now = (sqlite3_int64)time(NULL);
+    int rc = queue_step_done(q->st_begin);
+    for (size_t i = first; rc == SQLITE_OK && i < first + count; i++) {
+        step = "insert";
+        rc = queue_insert_message(q, q->batch[i], now);
+        if (rc != SQLITE_OK && count > 1)
+            qid = q->batch[i]->qid;
+    }
+    if (rc == SQLITE_OK) {
+        step = "commit";
+        rc = queue_step_done(q->st_commit);
+    }
+    if (rc == SQLITE_OK) {
+        atomic_fetch_add(&q->batches, 1);
+        return SQLITE_OK;
+    }
+    /* errmsg before ROLLBACK overwrites it */
+    log_warn(qid, "queue write failed step=%s batch=%zu rc=%d error=\"%s\"", step, count, rc,
+             rc == SQLITE_MISUSE ? "invalid request" : sqlite3_errmsg(q->db));
+    queue_rollback(q);
+    return rc;
+}
+
+/* Write batch[0 .. n) and set status[i] for each. Grouped first; when that
+ * fails for a reason other than the lock, each request gets its own
+ * transaction so that one bad request (a constraint, one body too big for
+ * the disk) does not fail the others. A lock held past the busy timeout
+ * fails everyone: retrying would only multiply the wait. */
+static void queue_write_batch(struct queue *q, size_t n)
+{
+    int rc = queue_write_transaction(q, 0, n);
+    if (rc == SQLITE_OK || n == 1 || queue_rc_is_busy(rc)) {
+        for (size_t i = 0; i < n; i++)
+            q->status[i] = queue_status_from_sqlite(rc);
+        return;
+    }
+    bool is_busy = false;
+    for (size_t i = 0; i < n; i++) {
+        if (is_busy) {
+            q->status[i] = QUEUE_ERR_BUSY;
+            continue;
+        }
+        rc = queue_write_transaction(q, i, 1);
+        q->status[i] = queue_status_from_sqlite(rc);
+        is_busy = queue_rc_is_busy(rc);
+    }
+}
+
+static void queue_finish_batch(struct queue *q, size_t n)
+{
+    /* The request belongs to the caller again once its callback starts (it
+     * may be freed or reused at once): copy what the hook needs first. */
+    size_t committed = 0;
+    for (size_t i = 0; i < n; i++)
+        if (q->status[i] == QUEUE_OK)
+            snprintf(q->committed[committed++], QUEUE_ID_SIZE, "%s", q->batch[i]->qid);
+    for (size_t i = 0; i < n; i++) {
+        struct queue_commit_req *req = q->batch[i];
+        q->batch[i] = NULL;
+        req->next = NULL;
+        req->cb(req, q->status[i]);
+    }
+    pthread_mutex_lock(&q->lock);
+    queue_committed_hook hook = q->hook;
+    void *hook_arg = q->hook_arg;
+    pthread_mutex_unlock(&q->lock);
+    if (hook != NULL)
+        for (size_t i = 0; i < committed; i++)
+            hook(q->committed[i], hook_arg);
+}
+
+static void *queue_run_committer(void *arg)
+{
+    struct queue *q = arg;
+    for (;;) {
+        pthread_mutex_lock(&q->lock);
+        while (q->head == NULL && !q->is_closing)
+            pthread_cond_wait(&q->cond, &q->lock);
+        if (q->head == NULL) { /* closing and drained */
+            pthread_mutex_unlock(&q->lock);
+            break;
+        }
+        size_t n = 0;
+        while (q->head != NULL && n < QUEUE_BATCH_MAX) {
+            q->batch[n++] = q->head;
+            q->head = q->head->next;
+        }
+        if (q->head == NULL)
+            q->tail = NULL;
+        pthread_mutex_unlock(&q->lock);
+
+        queue_write_batch(q, n);
+        queue_finish_batch(q, n);
+    }
+    return NULL;
+}
+
+/* ---- public: the write side ------------------------------------------- */
+
+int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
+{
+    *out = NULL;
+    struct queue *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return -ENOMEM;
+    atomic_init(&q->batches, 0);
+    int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK)
+        rc = queue_configure(q->db, busy_timeout_ms);
+    if (rc == SQLITE_OK)
+        rc = queue_migrate(q->db);
+    if (rc == SQLITE_OK)
+        rc = queue_prepare_statements(q);
+    if (rc != SQLITE_OK) {
+        log_err(NULL, "queue open failed path=%s rc=%d error=\"%s\"", path, rc,
+                q->db != NULL ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
+        queue_free_db(q);
+        free(q);
+        return queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY ? QUEUE_ERR_BUSY : QUEUE_ERR_STORAGE;
+    }
+    int err = pthread_mutex_init(&q->lock, NULL);
+    if (err == 0) {
+        err = pthread_cond_init(&q->cond, NULL);
+        if (err != 0)
+            pthread_mutex_destroy(&q->lock);
+    }
+    if (err == 0) {
+        err = pthread_create(&q->thread, NULL, queue_run_committer, q);
+        if (err != 0) {
+            pthread_cond_destroy(&q->cond);
+            pthread_mutex_destroy(&q->lock);
+        }
+    }
+    if (err != 0) {
+        log_err(NULL, "queue committer thread not started error=\"%s\"", strerror(err));
+        queue_free_db(q);
+        free(q);
+        return -err;
+    }
+    *out = q;
+    return 0;
+}
+
+void queue_close(struct queue *q)
+{
+    if (q == NULL)
+        return;
+    pthread_mutex_lock(&q->lock);
+    q->is_closing = true;
+    pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+    pthread_join(q->thread, NULL); /* the committer drains the list first */
+    pthread_cond_destroy(&q->cond);
+    pthread_mutex_destroy(&q->lock);
+    queue_free_db(q);
+    free(q);
+}
+
+int queue_commit_submit(struct queue *q, struct queue_commit_req *req)
+{
+    if (req == NULL || req->cb == NULL)
+        fatal("queue_commit_submit: request without a callback");
+    req->next = NULL;
+    pthread_mutex_lock(&q->lock);
+    if (q->is_closing) {
+        pthread_mutex_unlock(&q->lock);
+        return QUEUE_ERR_CLOSED;
+    }
+    if (q->tail != NULL)
+        q->tail->next = req;
+    else
+        q->head = req;
+    q->tail = req;
+    pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+    return 0;
+}
+
+void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg)
+{
+    pthread_mutex_lock(&q->lock);
+    q->hook = hook;
+    q->hook_arg = arg;
+    pthread_mutex_unlock(&q->lock);
+}
+
+uint64_t queue_stats_batches(struct queue *q)
+{
+    return (uint64_t)atomic_load(&q->batches);
+}
+
+/* ---- queue ids -------------------------------------------------------- */
+
+/* 15 base-62 digits hold 89 bits: 42 bits of milliseconds since 2020 (until
+ * 2159) on top, so ids sort roughly by time; then 24 random bits fixed per
+ * process (two daemons, or a restart within the same millisecond, differ)
+ * and a 23-bit atomic counter (threads of one process never collide unless
+ * one millisecond sees 8 million ids). */
+#define QUEUE_ID_EPOCH_MS 1577836800000ULL /* 2020-01-01T00:00:00Z */
+#define QUEUE_ID_TIME_BITS 42
+#define QUEUE_ID_RANDOM_BITS 24
+#define QUEUE_ID_COUNTER_BITS 23
+
+static const char queue_id_digits[] =
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+static pthread_once_t queue_id_once = PTHREAD_ONCE_INIT;
+static atomic_uint_fast32_t queue_id_random;
+static atomic_uint_fast32_t queue_id_counter;
+
+static void queue_id_seed(void)
+{
+    uint32_t seed[2];
+    if (getrandom(seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed)) {
+        /* Early boot without entropy: still distinct per process and time. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed[0] = (uint32_t)getpid() * 2654435761u ^ (uint32_t)ts.tv_nsec;
+        seed[1] = (uint32_t)ts.tv_sec ^ ((uint32_t)ts.tv_nsec << 7);
+    }
+    atomic_store(&queue_id_random, seed[0] & ((1u << QUEUE_ID_RANDOM_BITS) - 1));
+    atomic_store(&queue_id_counter, seed[1]);
+}
+
+static void queue_id_init(void)
+{
+    queue_id_seed();
+    /* A forked child must not replay its parent's ids. */
+    pthread_atfork(NULL, NULL, queue_id_seed);
+}
+
+void queue_id_new(char out[QUEUE_ID_SIZE])
+{
+    pthread_once(&queue_id_once, queue_id_init);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t ms = now_ms > QUEUE_ID_EPOCH_MS ? now_ms - QUEUE_ID_EPOCH_MS : 0;
+    ms &= (1ULL << QUEUE_ID_TIME_BITS) - 1;
+    uint64_t random = atomic_load(&queue_id_random);
+    uint64_t counter = atomic_fetch_add(&queue_id_counter, 1) & ((1u << QUEUE_ID_COUNTER_BITS) - 1);
+
+    /* The 89-bit value as three 32-bit limbs, most significant first, so
+     * that 32-bit targets (no __int128) encode the same ids. */
+    const unsigned low_bits = QUEUE_ID_RANDOM_BITS + QUEUE_ID_COUNTER_BITS;
+    uint64_t lo = ms << low_bits | random << QUEUE_ID_COUNTER_BITS | counter;
+    uint32_t limbs[3] = {(uint32_t)(ms >> (64 - low_bits)), (uint32_t)(lo >> 32), (uint32_t)lo};
+    for (int i = QUEUE_ID_SIZE - 2; i >= 0; i--) {
+        uint64_t rem = 0;
+        for (size_t k = 0; k < 3; k++) { /* long division by 62 */
+            uint64_t cur = rem << 32 | limbs[k];
+            limbs[k] = (uint32_t)(cur / 62);
+            rem = cur % 62;
+        }
+        out[i] = queue_id_digits[rem];
+    }
+    out[QUEUE_ID_SIZE - 1] = '\0';
+}
+
+/* ---- the reader ------------------------------------------------------- */
+
+int queue_reader_open(const char *path, struct queue_reader **out)
+{
+    *out = NULL;
+    struct queue_reader *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    /* READWRITE without CREATE: reading a WAL database needs its -shm file
+     * writable, but a wrong path must not create an empty database. The
+     * connection itself never writes (query_only). */
+    int rc = sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_extended_result_codes(r->db, 1);
+        sqlite3_busy_timeout(r->db, QUEUE_READER_BUSY_MS);
+        rc = queue_exec(r->db, "PRAGMA query_only=ON");
+    }
+    if (rc != SQLITE_OK) {
+        log_err(NULL, "queue reader open failed path=%s rc=%d error=\"%s\"", path, rc,
+                r->db != NULL ? sqlite3_errmsg(r->db) : sqlite3_errstr(rc));
+        sqlite3_close(r->db);
+        free(r);
+        return queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY ? QUEUE_ERR_BUSY : QUEUE_ERR_STORAGE;
+    }
+    *out = r;
+    return 0;
+}
+
+void queue_reader_close(struct queue_reader *r)
+{
+    if (r == NULL)
+        return;
+    sqlite3_close(r->db);
+    free(r);
+}
+
+/* True when the queue tables exist: a database only the account store has
+ * touched yet holds an empty queue, not an error. */
+static bool queue_reader_has_tables(struct queue_reader *r)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return true; /* let the caller's own query report the error */
+    bool has = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return has;
+}
+
+/* Prepare a reader query (statements are per call, so callbacks may use the
+ * reader again). *st stays NULL, with 0 returned, when the tables do not
+ * exist yet. */
+static int queue_reader_prepare(struct queue_reader *r, const char *sql, sqlite3_stmt **st)
+{
+    *st = NULL;
+    int rc = sqlite3_prepare_v2(r->db, sql, -1, st, NULL);
+    if (rc == SQLITE_OK)
+        return 0;
+    if (!queue_reader_has_tables(r))
+        return 0;
+    log_err(NULL, "queue read failed rc=%d error=\"%s\"", rc, sqlite3_errmsg(r->db));
+    return queue_status_from_sqlite(rc);
+}
+
+static int queue_reader_fail(struct queue_reader *r, sqlite3_stmt *st, int rc)
+{
+    log_err(NULL, "queue read failed rc=%d error=\"%s\"", rc, sqlite3_errmsg(r->db));
+    sqlite3_finalize(st);
+    return queue_status_from_sqlite(rc);
+}
+
+int queue_reader_list(struct queue_reader *r,
+                      int (*cb)(const struct queue_entry *e, void *arg), void *arg)
+{
+    sqlite3_stmt *st;
+    /* id order is commit order: oldest first. */
+    int rc = queue_reader_prepare(
+        r,
+        "SELECT m.qid, m.created_at, m.sender, m.auth_user, m.client_addr, m.size, m.state,"
+        " (SELECT COUNT(*) FROM recipients r WHERE r.message_id = m.id)"
+        " FROM messages m ORDER BY m.id",
+        &st);
+    if (rc < 0 || st == NULL)
+        return rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct queue_entry e;
+        memset(&e, 0, sizeof(e));
+        queue_copy_text(e.qid, sizeof(e.qid), st, 0);
+        e.created_at = sqlite3_column_int64(st, 1);
+        queue_copy_text(e.sender, sizeof(e.sender), st, 2);
+        queue_copy_text(e.auth_user, sizeof(e.auth_user), st, 3);
+        queue_copy_text(e.client_addr, sizeof(e.client_addr), st, 4);
+        sqlite3_int64 size = sqlite3_column_int64(st, 5);
+        e.size = size > 0 ? (uint64_t)size : 0;
+        queue_copy_text(e.state, sizeof(e.state), st, 6);
+        e.recipient_count = (size_t)sqlite3_column_int64(st, 7);
+        if (cb(&e, arg) != 0) {
+            sqlite3_finalize(st);
+            return 0;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        return queue_reader_fail(r, st, rc);
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* 0 when a message with this qid exists, QUEUE_ERR_NOT_FOUND when not. */
+static int queue_reader_message_exists(struct queue_reader *r, const char *qid)
+{
+    sqlite3_stmt *st;
+    int rc = queue_reader_prepare(r, "SELECT 1 FROM messages WHERE qid = ?", &st);
+    if (rc < 0)
+        return rc;
+    if (st == NULL)
+        return QUEUE_ERR_NOT_FOUND;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return queue_reader_fail(r, st, rc);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : QUEUE_ERR_NOT_FOUND;
+}
+
+int queue_reader_recipients(struct queue_reader *r, const char *qid,
+                            int (*cb)(const char *rcpt, const char *state, void *arg), void *arg)
+{
+    sqlite3_stmt *st;
+    int rc = queue_reader_prepare(r,
+                                  "SELECT r.address, r.state FROM recipients r"
+                                  " JOIN messages m ON m.id = r.message_id"
+                                  " WHERE m.qid = ? ORDER BY r.id",
+                                  &st);
+    if (rc < 0)
+        return rc;
+    if (st == NULL)
+        return QUEUE_ERR_NOT_FOUND;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    size_t count = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        count++;
+        const unsigned char *address = sqlite3_column_text(st, 0);
+        const unsigned char *state = sqlite3_column_text(st, 1);
+        if (cb(address != NULL ? (const char *)address : "",
+               state != NULL ? (const char *)state : "", arg) != 0) {
+            sqlite3_finalize(st);
+            return 0;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        return queue_reader_fail(r, st, rc);
+    sqlite3_finalize(st);
+    return count > 0 ? 0 : queue_reader_message_exists(r, qid);
+}
+
+int queue_reader_body(struct queue_reader *r, const char *qid, uint8_t **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    sqlite3_stmt *st;
+    int rc = queue_reader_prepare(r, "SELECT body FROM messages WHERE qid = ?", &st);
+    if (rc < 0)
+        return rc;
+    if (st == NULL)
+        return QUEUE_ERR_NOT_FOUND;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        return QUEUE_ERR_NOT_FOUND;
+    }
+    if (rc != SQLITE_ROW)
+        return queue_reader_fail(r, st, rc);
+    const void *blob = sqlite3_column_blob(st, 0);
+    int len = sqlite3_column_bytes(st, 0);
+    if (len > 0 && blob == NULL) /* out of memory inside SQLite */
+        return queue_reader_fail(r, st, sqlite3_errcode(r->db));
+    uint8_t *copy = malloc(len > 0 ? (size_t)len : 1);
+    if (copy == NULL) {
+        sqlite3_finalize(st);
+        return -ENOMEM;
+    }
+    if (len > 0)
+        memcpy(copy, blob, (size_t)len);
+    sqlite3_finalize(st);
+    *out = copy;
+    *out_len = (size_t)len;
+    return 0;
+}
