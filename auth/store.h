@@ -10,9 +10,14 @@
 #define SMARTHOST_STORE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define STORE_NAME_MAX 255  /* user names: 1..255 bytes, printable, no space */
+/* Added by the auth module: an account's free-text note for admins, and the
+ * longest password libcrypt accepts (CRYPT_MAX_PASSPHRASE_SIZE - 1). */
+#define STORE_DESCRIPTION_MAX 255
+#define STORE_PASSWORD_MAX 511
 
 enum store_status {
     STORE_OK = 0,
@@ -37,6 +42,7 @@ struct account {
     bool is_enabled;
     int64_t created_at;      /* unix seconds */
     int64_t password_changed_at;
+    char description[STORE_DESCRIPTION_MAX + 1]; /* added: "" when none */
 };
 
 struct store;
@@ -44,12 +50,20 @@ struct store;
 /* Open (creating and migrating when needed) the database at path, WAL mode,
  * busy timeout busy_timeout_ms. Caller frees with store_close. */
 int store_open(const char *path, unsigned busy_timeout_ms, struct store **out);
+/* Added: store_open that, on failure, also writes the reason (SQLite's
+ * message or ours) into err (err_size bytes), for smarthostctl. */
+int store_open_err(const char *path, unsigned busy_timeout_ms, struct store **out, char *err,
+                   size_t err_size);
 void store_close(struct store *st);
 
 /* Borrowed until store_close: the last SQLite error text, for CLI messages. */
 const char *store_errmsg(struct store *st);
 
 int store_user_add(struct store *st, const char *name, const char *password);
+/* Added: store_user_add with a description (NULL or "" for none; at most
+ * STORE_DESCRIPTION_MAX bytes, printable text, else STORE_INVALID). */
+int store_user_create(struct store *st, const char *name, const char *password,
+                      const char *description);
 int store_user_del(struct store *st, const char *name);
 int store_user_passwd(struct store *st, const char *name, const char *password);
 int store_user_set_enabled(struct store *st, const char *name, bool is_enabled);
