@@ -105,7 +105,7 @@ int main(int argc, char **argv)
     /* AUTH (yescrypt) runs on libuv's pool: size it before first use. */
     if (getenv("UV_THREADPOOL_SIZE") == NULL) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        char v[16];
+        char v[32];
         snprintf(v, sizeof(v), "%ld", n > 2 ? n * 2 : 4);
         setenv("UV_THREADPOOL_SIZE", v, 1);
     }

@@ -156,7 +156,7 @@ int server_bind(struct config *cfg, struct server **out, char *err, size_t err_s
         const struct listener_config *lc = &cfg->listeners[i];
         for (size_t a = 0; a < lc->address_count; a++) {
             const char *addr = lc->addresses[a];
-            char expanded[2][96];
+            char expanded[2][200];
             size_t n = 0;
             if (strncmp(addr, "*:", 2) == 0) {
                 snprintf(expanded[n++], sizeof(expanded[0]), "0.0.0.0:%s", addr + 2);
@@ -168,7 +168,7 @@ int server_bind(struct config *cfg, struct server **out, char *err, size_t err_s
                 struct server_socket *sock = &srv->sockets[srv->socket_count++];
                 sock->listener_index = i;
                 sock->fd = -1;
-                snprintf(sock->address, sizeof(sock->address), "%s", expanded[k]);
+                memcpy(sock->address, expanded[k], sizeof(sock->address));
             }
         }
     }

@@ -25,7 +25,7 @@ struct conn;
 struct server_socket {
     int fd;                  /* bound, not yet listening: one per worker */
     size_t listener_index;
-    char address[96];
+    char address[200];
 };
 
 struct worker {
