@@ -1,0 +1,90 @@
+"""PIPELINING (RFC 2920): commands sent in one write are answered in order, one reply
+each. A group with one bad RCPT stores one message for the good recipients only; a group
+where every RCPT fails gets 554 5.5.1 at DATA; commands pipelined after the end of data
+start the next transaction; a large group (more than one read buffer) loses nothing."""
+
+import harness
+from harness import SmarthostCase, dot_stuff, make_message
+
+
+class Pipelining(SmarthostCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sh = cls.start_class_smarthost(config={"limits": {"max_recipients": 100}})
+
+    def replies(self, c, n):
+        return [c.reply() for _ in range(n)]
+
+    def expect_all(self, c, replies, wanted):
+        for r, (code, enh) in zip(replies, wanted):
+            c.expect(r, code, enh)
+
+    def test_group_with_one_bad_rcpt(self):
+        before = {m.qid for m in self.sh.queue()}
+        c = self.connect(self.sh)
+        c.ehlo()
+        c.starttls()
+        self.assertIn("PIPELINING", c.ehlo().keywords)
+        c.expect(c.auth_plain("alice", self.sh.users["alice"]), 235, "2.7.0")
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<good1@example.test>\r\n"
+               b"RCPT TO:<bad@@example.test>\r\nRCPT TO:<good2@example.test>\r\nDATA\r\n")
+        self.expect_all(c, self.replies(c, 5), [(250, "2.1.0"), (250, "2.1.5"), (501, "5.1.3"),
+                                                (250, "2.1.5"), (354, None)])
+        c.send(dot_stuff(make_message("pipelined")) + b".\r\n")
+        qid = c.expect(c.reply(), 250, "2.0.0").qid
+        c.quit()
+        new = [m for m in self.sh.queue() if m.qid not in before]
+        self.assertEqual([m.qid for m in new], [qid])
+        self.assertEqual(new[0].recipients, ["good1@example.test", "good2@example.test"])
+
+    def test_group_where_every_rcpt_fails(self):
+        before = {m.qid for m in self.sh.queue()}
+        c = self.session(self.sh)
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bad@@example.test>\r\n"
+               b"RCPT TO:<>\r\nDATA\r\n")
+        r = self.replies(c, 4)
+        self.expect_all(c, r, [(250, "2.1.0"), (501, None), (501, None), (554, "5.5.1")])
+        # DATA was refused: what follows is a command, not message content.
+        c.cmd("NOOP", 250, "2.0.0")
+        c.cmd("RSET", 250, "2.0.0")
+        c.quit()
+        self.assertEqual({m.qid for m in self.sh.queue()}, before)
+
+    def test_transactions_back_to_back(self):
+        c = self.session(self.sh)
+        first = make_message("first of two")
+        second = make_message("second of two")
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<a1@example.test>\r\nDATA\r\n")
+        self.expect_all(c, self.replies(c, 3), [(250, "2.1.0"), (250, "2.1.5"), (354, None)])
+        # End of data, then the next transaction's commands, in the same write.
+        c.send(dot_stuff(first) + b".\r\nMAIL FROM:<alice@example.test>\r\n"
+               b"RCPT TO:<a2@example.test>\r\nDATA\r\n")
+        r = self.replies(c, 4)
+        self.expect_all(c, r, [(250, "2.0.0"), (250, "2.1.0"), (250, "2.1.5"), (354, None)])
+        c.send(dot_stuff(second) + b".\r\nQUIT\r\n")
+        r2 = c.expect(c.reply(), 250, "2.0.0")
+        c.expect(c.reply(), 221, "2.0.0")
+        c.read_until_closed()
+        m1, m2 = self.sh.message(r[0].qid), self.sh.message(r2.qid)
+        self.assertEqual(m1.recipients, ["a1@example.test"])
+        self.assertEqual(m2.recipients, ["a2@example.test"])
+        self.assertTrue(m1.body.endswith(first))
+        self.assertTrue(m2.body.endswith(second))
+
+    def test_large_group(self):
+        """80 RCPTs in one write (several KB, beyond one command line buffer)."""
+        c = self.session(self.sh)
+        rcpts = [f"rcpt-{i:03d}-{'x' * 40}@example.test" for i in range(80)]
+        c.send(b"RSET\r\nMAIL FROM:<alice@example.test>\r\n"
+               + b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in rcpts) + b"DATA\r\n")
+        r = self.replies(c, 2 + len(rcpts) + 1)
+        self.expect_all(c, r, [(250, "2.0.0"), (250, "2.1.0")] + [(250, "2.1.5")] * len(rcpts)
+                        + [(354, None)])
+        c.send(dot_stuff(make_message("large group")) + b".\r\n")
+        qid = c.expect(c.reply(), 250, "2.0.0").qid
+        c.quit()
+        self.assertEqual(self.sh.message(qid).recipients, rcpts)
+
+
+if __name__ == "__main__":
+    harness.main()
