@@ -544,8 +544,11 @@ static int session_build_header(struct smtp_session *s)
                                                 : (s->is_authenticated ? "ESMTPA" : "ESMTP"))
                                    : "SMTP";
     tx->header.cap_max = 8192;
-    int r = session_header_add(&tx->header, "Received: from %s ([%s])\r\n\tby %s (smarthost) with %s",
-                               s->helo[0] ? s->helo : "unknown", s->client_ip, s->hostname, with);
+    /* RFC 5321 §4.1.3 address literal: IPv6 addresses carry the "IPv6:" tag. */
+    const char *tag = strchr(s->client_ip, ':') != NULL ? "IPv6:" : "";
+    int r = session_header_add(&tx->header, "Received: from %s ([%s%s])\r\n\tby %s (smarthost) with %s",
+                               s->helo[0] ? s->helo : "unknown", tag, s->client_ip, s->hostname,
+                               with);
     if (r == 0 && s->is_tls)
         r = session_header_add(&tx->header, " (%s %s)", s->tls_version, s->tls_cipher);
     if (r == 0 && s->is_authenticated)
