@@ -46,6 +46,7 @@ struct auth_session {
     uint64_t now_ms; /* the clock of the call in progress */
     enum auth_check check;
     char user[STORE_NAME_MAX + 1];
+    bool is_login_user_next; /* LOGIN: the next response is the user name */
 };
 
 /* One connection to the store per worker thread, opened on first use (a
@@ -625,6 +626,7 @@ static void auth_session_reset(struct auth_session *as)
         sasl_dispose(&as->conn);
     as->conn = NULL;
     as->check = AUTH_CHECK_NONE;
+    as->is_login_user_next = false;
     as->user[0] = '\0';
 }
 
@@ -727,6 +729,15 @@ static void auth_session_finish(struct auth_session *as, int r, const char *serv
     auth_session_reset(as);
 }
 
+/* A LOGIN user name that could name an account. Cyrus SASL's LOGIN plugin
+ * leaks its copy of a user name it then refuses (empty, embedded NUL, too
+ * long: found by fuzz/auth_exchange), so such names end here as a failure. */
+static bool auth_login_user_is_plausible(const uint8_t *name, size_t len)
+{
+    return len > 0 && len <= STORE_NAME_MAX && memchr(name, '\0', len) == NULL &&
+           store_name_is_valid((const char *)name);
+}
+
 void auth_session_start(struct auth_session *as, const char *mech, const char *initial,
                         uint64_t now_ms, struct auth_outcome *out)
 {
@@ -758,10 +769,19 @@ void auth_session_start(struct auth_session *as, const char *mech, const char *i
         out->result = AUTH_BAD_BASE64;
         return;
     }
-    if (d < 0) {
+    bool is_login = strcmp(canonical, "LOGIN") == 0;
+    if (is_login && clientin != NULL && clientin_len == 0) {
+        /* "AUTH LOGIN =": an empty initial response, so LOGIN asks for the user. */
+        auth_response_free(clientin, clientin_len);
+        clientin = NULL;
+    }
+    if (d < 0 || (is_login && clientin != NULL &&
+                  !auth_login_user_is_plausible(clientin, clientin_len))) {
+        auth_response_free(clientin, clientin_len);
         auth_outcome_fail(as, out);
         return;
     }
+    as->is_login_user_next = is_login && clientin == NULL;
     if (auth_conn_new(as->local_host, as->callbacks, &as->conn) < 0) {
         auth_response_free(clientin, clientin_len);
         out->result = AUTH_TEMPFAIL;
@@ -795,7 +815,14 @@ void auth_session_step(struct auth_session *as, const char *response, uint64_t n
         out->result = AUTH_BAD_BASE64;
         return;
     }
-    if (d < 0) {
+    /* An empty response is never a valid PLAIN payload, LOGIN user name or
+     * password; answering it here also keeps it away from the LOGIN plugin,
+     * which leaks its copy of an empty user name (found by fuzz/auth_exchange). */
+    bool is_user = as->is_login_user_next;
+    as->is_login_user_next = false;
+    if (d < 0 || clientin_len == 0 ||
+        (is_user && !auth_login_user_is_plausible(clientin, clientin_len))) {
+        auth_response_free(clientin, clientin_len);
         auth_outcome_fail(as, out);
         auth_session_reset(as);
         return;
