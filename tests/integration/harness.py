@@ -110,12 +110,14 @@ signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 # ---- certificates and ports ---------------------------------------------------------
 
-def make_cert(directory, name="server", cn="localhost"):
-    """Self-signed ECDSA P-256 certificate for localhost + 127.0.0.1; returns paths."""
+def make_cert(directory, name="server", cn="localhost", key_type="ec"):
+    """Self-signed certificate for localhost + 127.0.0.1 with an ECDSA P-256 key
+    (key_type "ec") or an RSA 2048 key ("rsa"); returns paths."""
     cert = os.path.join(directory, f"{name}-cert.pem")
     key = os.path.join(directory, f"{name}-key.pem")
-    r = run_tool(["openssl", "req", "-x509", "-newkey", "ec",
-                  "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    key_args = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+                if key_type == "ec" else ["-newkey", "rsa:2048"])
+    r = run_tool(["openssl", "req", "-x509", *key_args, "-nodes",
                   "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={cn}",
                   "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
     if r.returncode != 0:
