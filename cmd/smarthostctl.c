@@ -71,6 +71,7 @@ static int ctl_user_show(struct ctl *ctl, int argc, char **argv);
 static int ctl_user_list(struct ctl *ctl, int argc, char **argv);
 static int ctl_queue_list(struct ctl *ctl, int argc, char **argv);
 static int ctl_config_check(struct ctl *ctl, int argc, char **argv);
+static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv);
 
 static const struct ctl_command ctl_commands[] = {
     {"user", "add", "NAME [--password-stdin | --generate] [--description TEXT]",
@@ -84,6 +85,8 @@ static const struct ctl_command ctl_commands[] = {
     {"user", "list", "", "list all accounts", ctl_user_list},
     {"queue", "list", "", "list queued messages, oldest first", ctl_queue_list},
     {"config", "check", "", "check the configuration file", ctl_config_check},
+    {"config", "defaults", "", "print a configuration file with every key at its default",
+     ctl_config_defaults},
 };
 #define CTL_COMMAND_COUNT (sizeof(ctl_commands) / sizeof(ctl_commands[0]))
 
@@ -973,6 +976,18 @@ static int ctl_config_check(struct ctl *ctl, int argc, char **argv)
         fprintf(stderr, "%s\n", err);
     }
     return is_ok ? CTL_EXIT_OK : CTL_EXIT_RUNTIME;
+}
+
+static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv)
+{
+    struct ctl_args a;
+    int rc = ctl_parse_args(ctl, ctl_find("config", "defaults"), argc, argv, &a);
+    if (rc != CTL_EXIT_OK)
+        return rc < 0 ? CTL_EXIT_OK : rc;
+    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
+        return rc;
+    config_write_defaults(stdout);
+    return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_RUNTIME;
 }
 
 /* ---- main -------------------------------------------------------------- */

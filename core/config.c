@@ -7,6 +7,7 @@
 #include "core/config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -53,6 +54,10 @@ static int config_check_hostname(const char *value, char *why, size_t why_size);
 static int config_check_user(const char *value, char *why, size_t why_size);
 static int config_check_priority(const char *value, char *why, size_t why_size);
 static int config_check_address(const char *value, char *why, size_t why_size);
+static int config_check_server_list(const char *value, char *why, size_t why_size);
+static int config_check_tls_policy(const char *value, char *why, size_t why_size);
+static int config_check_rate_limit(const char *value, char *why, size_t why_size);
+static int config_check_relayhost(const char *value, char *why, size_t why_size);
 
 static const int config_log_level_map[] = {LOG_LEVEL_ERR, LOG_LEVEL_WARN, LOG_LEVEL_INFO,
                                            LOG_LEVEL_DEBUG};
@@ -144,6 +149,95 @@ static const struct config_key config_key_table[] = {
      .default_value = "5s", .min = 100, .max = 10 * MS_PER_M,
      CONFIG_FIELD(queue_busy_timeout_ms),
      .doc = "Wait for a locked database this long, then answer 452 4.3.1."},
+
+    {.section = "relay", .name = "enabled", .type = CONFIG_BOOL, .default_value = "yes",
+     CONFIG_FIELD(relay_enabled), .doc = "Deliver queued mail (no: keep it queued)."},
+    {.section = "relay", .name = "helo_name", .type = CONFIG_STRING, .default_value = "",
+     .max = 253, .check = config_check_hostname, CONFIG_FIELD(relay_helo_name),
+     .doc = "Name sent in EHLO; empty means [server] hostname."},
+    {.section = "relay", .name = "port", .type = CONFIG_UINT, .default_value = "25", .min = 1,
+     .max = 65535, CONFIG_FIELD(relay_port), .doc = "Port of the destination MX hosts."},
+    {.section = "relay", .name = "dns_servers", .type = CONFIG_STRING, .default_value = "",
+     .max = 512, .check = config_check_server_list, CONFIG_FIELD(relay_dns_servers),
+     .doc = "Resolvers as IP:PORT, [IPv6]:PORT, comma-separated; empty: resolv.conf."},
+    {.section = "relay", .name = "ip_family", .type = CONFIG_ENUM,
+     .default_value = "prefer-ipv6", .enum_values = "prefer-ipv6|prefer-ipv4|ipv4|ipv6",
+     CONFIG_FIELD(relay_ip_family), .doc = "Address families for delivery, and which first."},
+    {.section = "relay", .name = "dns_timeout", .type = CONFIG_DURATION, .default_value = "5s",
+     .min = 100, .max = MS_PER_M, CONFIG_FIELD(relay_dns_timeout_ms),
+     .doc = "Wait this long for a DNS answer (per try, two tries)."},
+    {.section = "relay", .name = "connect_timeout", .type = CONFIG_DURATION,
+     .default_value = "30s", .min = 100, .max = 10 * MS_PER_M,
+     CONFIG_FIELD(relay_connect_timeout_ms), .doc = "Give up connecting to one address."},
+    {.section = "relay", .name = "command_timeout", .type = CONFIG_DURATION,
+     .default_value = "5m", .min = 100, .max = MS_PER_H, CONFIG_FIELD(relay_command_timeout_ms),
+     .doc = "Wait this long for the banner and each reply."},
+    {.section = "relay", .name = "data_timeout", .type = CONFIG_DURATION,
+     .default_value = "10m", .min = 100, .max = MS_PER_H, CONFIG_FIELD(relay_data_timeout_ms),
+     .doc = "Wait this long for the reply to the end of data."},
+    {.section = "relay", .name = "max_deliveries", .type = CONFIG_UINT, .default_value = "20",
+     .min = 1, .max = 10000, CONFIG_FIELD(relay_max_deliveries),
+     .doc = "Concurrent deliveries in total."},
+    {.section = "relay", .name = "max_per_domain", .type = CONFIG_UINT, .default_value = "5",
+     .min = 1, .max = 10000, CONFIG_FIELD(relay_max_per_domain),
+     .doc = "Concurrent deliveries to one destination domain."},
+    {.section = "relay", .name = "max_per_ip", .type = CONFIG_UINT, .default_value = "5",
+     .min = 1, .max = 10000, CONFIG_FIELD(relay_max_per_ip),
+     .doc = "Concurrent connections to one destination address."},
+    {.section = "relay", .name = "tls", .type = CONFIG_ENUM, .default_value = "opportunistic",
+     .enum_values = "none|opportunistic|require|verify", CONFIG_FIELD(relay_tls),
+     .doc = "STARTTLS to MX hosts: none, opportunistic, require, verify."},
+    {.section = "relay", .name = "tls_policy", .type = CONFIG_STRING, .default_value = "",
+     .max = 4096, .check = config_check_tls_policy, CONFIG_FIELD(relay_tls_policy),
+     .doc = "Per-domain TLS: \"example.com=verify, old.test=none\"."},
+    {.section = "relay", .name = "rate_limit", .type = CONFIG_STRING, .default_value = "",
+     .max = 4096, .check = config_check_rate_limit, CONFIG_FIELD(relay_rate_limit),
+     .doc = "Pace per destination: \"outlook.com=30/m, relayhost=300rcpt/h\"."},
+    {.section = "relay", .name = "retry_first", .type = CONFIG_DURATION, .default_value = "5m",
+     .min = MS_PER_S, .max = MS_PER_D, CONFIG_FIELD(relay_retry_first_ms),
+     .doc = "First retry after this; the delay doubles each time."},
+    {.section = "relay", .name = "retry_max", .type = CONFIG_DURATION, .default_value = "1h",
+     .min = MS_PER_S, .max = 7 * MS_PER_D, CONFIG_FIELD(relay_retry_max_ms),
+     .doc = "The retry delay stops growing here."},
+    {.section = "relay", .name = "max_lifetime", .type = CONFIG_DURATION, .default_value = "5d",
+     .min = MS_PER_S, .max = 30 * MS_PER_D, CONFIG_FIELD(relay_max_lifetime_ms),
+     .doc = "Bounce what could not be delivered within this time."},
+    {.section = "relay", .name = "delay_warning", .type = CONFIG_DURATION,
+     .default_value = "0", .min = 0, .max = 30 * MS_PER_D,
+     CONFIG_FIELD(relay_delay_warning_ms),
+     .doc = "Send one delay warning after this long queued; 0: never."},
+    {.section = "relay", .name = "keep_done", .type = CONFIG_DURATION, .default_value = "1d",
+     .min = 0, .max = 30 * MS_PER_D, CONFIG_FIELD(relay_keep_done_ms),
+     .doc = "Keep finished messages this long for queue show."},
+    {.section = "relay", .name = "bounce_to", .type = CONFIG_ENUM, .default_value = "sender",
+     .enum_values = "sender|admin|both", CONFIG_FIELD(relay_bounce_to),
+     .doc = "Bounces go to the envelope sender, the admin address, or both."},
+    {.section = "relay", .name = "admin_address", .type = CONFIG_STRING, .default_value = "",
+     .max = 254, CONFIG_FIELD(relay_admin_address),
+     .doc = "Where admin copies of bounces go (needed for bounce_to admin|both)."},
+    {.section = "relay", .name = "relayhost", .type = CONFIG_STRING, .default_value = "",
+     .max = 300, .check = config_check_relayhost, CONFIG_FIELD(relay_relayhost),
+     .doc = "Hand mail to HOST:PORT instead of MX delivery; empty: MX delivery."},
+    {.section = "relay", .name = "relayhost_domains", .type = CONFIG_STRING,
+     .default_value = "", .max = 4096, CONFIG_FIELD(relay_relayhost_domains),
+     .doc = "Only these domains go to the relayhost (comma list); empty: all."},
+    {.section = "relay", .name = "relayhost_security", .type = CONFIG_ENUM,
+     .default_value = "starttls", .enum_values = "starttls|implicit",
+     CONFIG_FIELD(relay_relayhost_security),
+     .doc = "Required STARTTLS (587), or implicit TLS (465) to the relayhost."},
+    {.section = "relay", .name = "relayhost_verify", .type = CONFIG_BOOL,
+     .default_value = "yes", CONFIG_FIELD(relay_relayhost_verify),
+     .doc = "Verify the relayhost's certificate and name."},
+    {.section = "relay", .name = "relayhost_credentials", .type = CONFIG_STRING,
+     .default_value = "", .max = 4096, CONFIG_FIELD(relay_relayhost_credentials),
+     .doc = "File with one line USER:PASSWORD for relayhost AUTH (mode 0600)."},
+    {.section = "relay", .name = "ca_file", .type = CONFIG_STRING, .default_value = "",
+     .max = 4096, CONFIG_FIELD(relay_ca_file),
+     .doc = "CA bundle for verify; empty: the system trust store."},
+    {.section = "relay", .name = "control_socket", .type = CONFIG_STRING,
+     .default_value = "/run/smarthost/control.sock", .max = 100,
+     CONFIG_FIELD(relay_control_socket),
+     .doc = "Unix socket smarthostctl uses to reach the running daemon."},
 
     {.section = "listener", .name = "address", .type = CONFIG_LIST, .default_value = "",
      .min = 1, .max = CONFIG_MAX_ADDRESSES, .check = config_check_address,
@@ -420,6 +514,180 @@ static int config_check_address(const char *value, char *why, size_t why_size)
     snprintf(why, why_size, "bad address \"%s\": expected IPv4:PORT, [IPv6]:PORT or *:PORT "
                             "with an IP literal and a port from 1 to 65535",
              log_escape(value, strlen(value), esc, sizeof(esc)));
+    return -1;
+}
+
+static int config_check_server_list(const char *value, char *why, size_t why_size)
+{
+    const char *p = value;
+    char item[128];
+    while (*p != '\0') {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n == 0)
+            break;
+        struct config_endpoint ep;
+        if (n >= sizeof(item) || (memcpy(item, p, n), item[n] = '\0',
+                                  config_parse_endpoint(item, &ep) < 0) ||
+            ep.family == AF_UNSPEC) {
+            snprintf(why, why_size, "expected resolvers as IPv4:PORT or [IPv6]:PORT, "
+                                    "comma-separated, e.g. 127.0.0.1:53");
+            return -1;
+        }
+        p += n;
+    }
+    return 0;
+}
+
+int config_map_next(const char **cursor, char *key, size_t key_size, char *value,
+                    size_t value_size)
+{
+    const char *p = *cursor;
+    while (*p == ' ' || *p == '\t' || *p == ',')
+        p++;
+    if (*p == '\0')
+        return 0;
+    size_t n = strcspn(p, ",");
+    const char *eq = memchr(p, '=', n);
+    if (eq == NULL)
+        return -1;
+    const char *k_end = eq;
+    while (k_end > p && (k_end[-1] == ' ' || k_end[-1] == '\t'))
+        k_end--;
+    const char *v = eq + 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    const char *v_end = p + n;
+    while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t'))
+        v_end--;
+    size_t klen = (size_t)(k_end - p), vlen = (size_t)(v_end - v);
+    if (klen == 0 || vlen == 0 || klen >= key_size || vlen >= value_size)
+        return -1;
+    for (size_t i = 0; i < klen; i++)
+        key[i] = (char)tolower((unsigned char)p[i]);
+    key[klen] = '\0';
+    memcpy(value, v, vlen);
+    value[vlen] = '\0';
+    *cursor = p + n;
+    return 1;
+}
+
+int config_parse_rate(const char *s, struct config_rate *out)
+{
+    char *end = NULL;
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long n = strtoul(s, &end, 10);
+    if (errno != 0 || n == 0 || n > 1000000)
+        return -1;
+    out->is_recipients = false;
+    if (strncmp(end, "rcpt", 4) == 0) {
+        out->is_recipients = true;
+        end += 4;
+    } else if (strncmp(end, "msg", 3) == 0) {
+        end += 3;
+    }
+    if (*end != '/')
+        return -1;
+    end++;
+    if (strcmp(end, "s") == 0)
+        out->period_ms = MS_PER_S;
+    else if (strcmp(end, "m") == 0)
+        out->period_ms = MS_PER_M;
+    else if (strcmp(end, "h") == 0)
+        out->period_ms = MS_PER_H;
+    else if (strcmp(end, "d") == 0)
+        out->period_ms = MS_PER_D;
+    else
+        return -1;
+    out->count = (unsigned)n;
+    return 0;
+}
+
+static int config_check_map(const char *value, char *why, size_t why_size, const char *what,
+                             int (*check_value)(const char *v))
+{
+    const char *p = value;
+    char key[256], v[64];
+    int rc;
+    while ((rc = config_map_next(&p, key, sizeof(key), v, sizeof(v))) > 0) {
+        if (check_value(v) < 0) {
+            char esc[96];
+            snprintf(why, why_size, "bad value \"%s\" for \"%s\": expected %s",
+                     log_escape(v, strlen(v), esc, sizeof(esc)), key, what);
+            return -1;
+        }
+    }
+    if (rc < 0) {
+        snprintf(why, why_size, "expected DOMAIN=%s entries, comma-separated", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int config_check_tls_word(const char *v)
+{
+    return strcmp(v, "none") == 0 || strcmp(v, "opportunistic") == 0 ||
+                   strcmp(v, "require") == 0 || strcmp(v, "verify") == 0
+               ? 0
+               : -1;
+}
+
+static int config_check_rate_word(const char *v)
+{
+    struct config_rate r;
+    return config_parse_rate(v, &r);
+}
+
+static int config_check_tls_policy(const char *value, char *why, size_t why_size)
+{
+    return config_check_map(value, why, why_size, "none|opportunistic|require|verify",
+                            config_check_tls_word);
+}
+
+static int config_check_rate_limit(const char *value, char *why, size_t why_size)
+{
+    return config_check_map(value, why, why_size, "N/m, N/h, Nrcpt/m … (s, m, h, d)",
+                            config_check_rate_word);
+}
+
+int config_split_hostport(const char *s, char *host, size_t host_size, unsigned *port)
+{
+    const char *colon;
+    const char *h = s;
+    size_t hlen;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':')
+            return -1;
+        h = s + 1;
+        hlen = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL || memchr(s, ':', (size_t)(colon - s)) != NULL)
+            return -1;
+        hlen = (size_t)(colon - s);
+    }
+    uint64_t v;
+    if (hlen == 0 || hlen >= host_size || strlen(colon + 1) > 5 ||
+        config_parse_uint(colon + 1, &v) < 0 || v < 1 || v > 65535)
+        return -1;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    *port = (unsigned)v;
+    return 0;
+}
+
+static int config_check_relayhost(const char *value, char *why, size_t why_size)
+{
+    char host[256];
+    unsigned port;
+    if (value[0] == '\0' || config_split_hostport(value, host, sizeof(host), &port) == 0)
+        return 0;
+    snprintf(why, why_size, "expected HOST:PORT, e.g. smtp.example.net:587 or [192.0.2.1]:465");
     return -1;
 }
 

@@ -3,7 +3,7 @@
  * table drives parsing, `smarthostd --check-config`, `smarthostctl config
  * check` and the smarthost.conf(5) key list. libuv-free.
  *
- * Sections: [server] [log] [tls] [limits] [auth] [queue], and any number of
+ * Sections: [server] [log] [tls] [limits] [auth] [queue] [relay], and any number of
  * [listener NAME] sections. A file with no listener section gets the default
  * pair: "submission" (0.0.0.0:587 and [::]:587, starttls) and "submissions"
  * (0.0.0.0:465 and [::]:465, implicit TLS). Errors name file:line:key. */
@@ -81,6 +81,37 @@ struct config {
     /* [queue] */
     uint64_t queue_busy_timeout_ms;   /* SQLite busy wait before 452 4.3.1 */
 
+    /* [relay] — the delivery half (relay/) */
+    bool relay_enabled;               /* run the queue runner in smarthostd */
+    char *relay_helo_name;            /* EHLO name; "" = [server] hostname */
+    unsigned relay_port;              /* destination port for MX delivery (25) */
+    char *relay_dns_servers;          /* "" = /etc/resolv.conf; "127.0.0.1:5353,…" */
+    int relay_ip_family;              /* enum dns_family_policy order of words */
+    uint64_t relay_dns_timeout_ms;
+    uint64_t relay_connect_timeout_ms;
+    uint64_t relay_command_timeout_ms;
+    uint64_t relay_data_timeout_ms;
+    unsigned relay_max_deliveries;    /* concurrent deliveries in total */
+    unsigned relay_max_per_domain;    /* … per destination domain */
+    unsigned relay_max_per_ip;        /* … per destination address */
+    int relay_tls;                    /* enum client_tls_policy order of words */
+    char *relay_tls_policy;           /* "domain=verify, domain2=none" overrides */
+    char *relay_rate_limit;           /* "domain=30/m, relayhost=600/h" */
+    uint64_t relay_retry_first_ms;    /* first retry after this; doubles */
+    uint64_t relay_retry_max_ms;      /* cap of the backoff */
+    uint64_t relay_max_lifetime_ms;   /* then bounce */
+    uint64_t relay_delay_warning_ms;  /* 0 = no delay warnings */
+    uint64_t relay_keep_done_ms;      /* keep finished messages for queue show */
+    int relay_bounce_to;              /* 0 sender, 1 admin, 2 both */
+    char *relay_admin_address;
+    char *relay_relayhost;            /* "" = MX delivery; "host:port" */
+    char *relay_relayhost_domains;    /* "" = all mail; else "a.test, b.test" */
+    int relay_relayhost_security;     /* 0 starttls, 1 implicit */
+    bool relay_relayhost_verify;      /* verify its certificate (default yes) */
+    char *relay_relayhost_credentials;/* file: "user:password" line, daemon-only */
+    char *relay_ca_file;              /* "" = system trust store */
+    char *relay_control_socket;       /* smarthostctl → daemon */
+
     struct listener_config listeners[CONFIG_MAX_LISTENERS];
     size_t listener_count;
 };
@@ -127,6 +158,23 @@ void config_free(struct config *cfg);
 int config_parse_size(const char *s, uint64_t *out);
 int config_parse_duration_ms(const char *s, uint64_t *out);
 int config_parse_bool(const char *s, bool *out);
+
+/* "key=value, key2=value2" lists ([relay] tls_policy, rate_limit): the next
+ * entry (key lower-cased) at *cursor. Returns 1 and advances, 0 at the end,
+ * -1 on a malformed entry. */
+int config_map_next(const char **cursor, char *key, size_t key_size, char *value,
+                    size_t value_size);
+
+/* A pace: "30/m" (messages), "100rcpt/h" (recipients), units s m h d. */
+struct config_rate {
+    unsigned count;
+    uint64_t period_ms;
+    bool is_recipients;
+};
+int config_parse_rate(const char *s, struct config_rate *out);
+
+/* "host:port" or "[v6 or name]:port" → host and port. Returns 0 or -1. */
+int config_split_hostport(const char *s, char *host, size_t host_size, unsigned *port);
 
 /* Write the whole file format with defaults, every key commented, to fp
  * (used for packaging/smarthost.conf and the man page). */

@@ -528,6 +528,10 @@ class Smarthost:
             "limits": {},
             "auth": {"failure_delay": "10ms", "max_delay": "40ms"},
             "queue": {},
+            # Tests never deliver beyond loopback: the relay is off unless a test turns it on
+            # with its own DNS server and peers (world_dns / world_smtp).
+            "relay": {"enabled": "no",
+                      "control_socket": os.path.join(self.dir, "control.sock")},
         }
         for section, keys in overrides.items():
             target = self.sections.setdefault(section, {})

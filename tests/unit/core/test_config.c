@@ -919,6 +919,65 @@ static void test_uncommented_defaults_load(void **state)
     free(gen);
 }
 
+/* [relay] map values: "key=value, …", rates, host:port. */
+static void test_relay_values(void **state)
+{
+    (void)state;
+    const char *p = " Example.COM = verify,old.test=none ,";
+    char k[64], v[32];
+    assert_int_equal(config_map_next(&p, k, sizeof(k), v, sizeof(v)), 1);
+    assert_string_equal(k, "example.com");
+    assert_string_equal(v, "verify");
+    assert_int_equal(config_map_next(&p, k, sizeof(k), v, sizeof(v)), 1);
+    assert_string_equal(k, "old.test");
+    assert_string_equal(v, "none");
+    assert_int_equal(config_map_next(&p, k, sizeof(k), v, sizeof(v)), 0);
+    p = "novalue";
+    assert_int_equal(config_map_next(&p, k, sizeof(k), v, sizeof(v)), -1);
+    p = "a=";
+    assert_int_equal(config_map_next(&p, k, sizeof(k), v, sizeof(v)), -1);
+
+    struct config_rate r;
+    assert_int_equal(config_parse_rate("30/m", &r), 0);
+    assert_int_equal(r.count, 30);
+    assert_int_equal(r.period_ms, 60000);
+    assert_false(r.is_recipients);
+    assert_int_equal(config_parse_rate("100rcpt/h", &r), 0);
+    assert_true(r.is_recipients);
+    assert_int_equal(r.period_ms, 3600000);
+    assert_int_equal(config_parse_rate("0/m", &r), -1);
+    assert_int_equal(config_parse_rate("5/x", &r), -1);
+    assert_int_equal(config_parse_rate("/m", &r), -1);
+    assert_int_equal(config_parse_rate("5 /m", &r), -1);
+
+    char host[64];
+    unsigned port = 0;
+    assert_int_equal(config_split_hostport("smtp.example.net:587", host, sizeof(host), &port), 0);
+    assert_string_equal(host, "smtp.example.net");
+    assert_int_equal(port, 587);
+    assert_int_equal(config_split_hostport("[::1]:465", host, sizeof(host), &port), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(config_split_hostport("::1:465", host, sizeof(host), &port), -1);
+    assert_int_equal(config_split_hostport("host", host, sizeof(host), &port), -1);
+    assert_int_equal(config_split_hostport("host:0", host, sizeof(host), &port), -1);
+
+    /* and through the file: a bad entry names the key */
+    char err[512];
+    struct config *cfg = NULL;
+    const char *path = write_file("[relay]\ntls_policy = example.com=sometimes\n");
+    assert_int_equal(config_load(path, &cfg, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "tls_policy"));
+    assert_non_null(strstr(err, "sometimes"));
+    write_file("[relay]\nrelayhost = smtp.example.net\n");
+    assert_int_equal(config_load(path, &cfg, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "HOST:PORT"));
+    write_file("[relay]\nrate_limit = outlook.com=30/m, outlook.com=600rcpt/h\n"
+               "dns_servers = 127.0.0.1:5353, [::1]:53\nrelayhost = [192.0.2.1]:465\n");
+    assert_int_equal(config_load(path, &cfg, err, sizeof(err)), 0);
+    assert_string_equal(cfg->relay_relayhost, "[192.0.2.1]:465");
+    config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -940,6 +999,7 @@ int main(void)
         cmocka_unit_test(test_line_length_limit),
         cmocka_unit_test(test_packaging_file_matches),
         cmocka_unit_test(test_uncommented_defaults_load),
+        cmocka_unit_test(test_relay_values),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
