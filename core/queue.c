@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "core/log.h"
+#include "core/queue_internal.h"
 
 /* A bound on one transaction: more waiting requests stay for the next round
  * (one more fsync) instead of growing a single transaction without limit. */
@@ -51,6 +52,30 @@ static const char *const queue_migrations[] = {
     " last_error TEXT NOT NULL DEFAULT '');"
     "CREATE INDEX recipients_message_id ON recipients(message_id);"
     "CREATE INDEX messages_state_next_attempt ON messages(state, next_attempt_at);",
+    /* 2: delivery (relay/): per-recipient retry state, holds, DSN kind and an
+     * attempt log that `queue show` reads. */
+    "ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';"
+    "ALTER TABLE messages ADD COLUMN held INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN warned_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN done_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE recipients ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE recipients ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE recipients ADD COLUMN dsn_status TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE recipients ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE attempts("
+    " id INTEGER PRIMARY KEY,"
+    " message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
+    " recipient_id INTEGER REFERENCES recipients(id) ON DELETE CASCADE,"
+    " at INTEGER NOT NULL,"
+    " domain TEXT NOT NULL,"
+    " host TEXT NOT NULL DEFAULT '',"
+    " address TEXT NOT NULL DEFAULT '',"
+    " step TEXT NOT NULL,"
+    " tls TEXT NOT NULL DEFAULT '',"
+    " reply TEXT NOT NULL DEFAULT '',"
+    " outcome TEXT NOT NULL);"
+    "CREATE INDEX attempts_message_id ON attempts(message_id);"
+    "CREATE INDEX recipients_state_due ON recipients(state, next_attempt_at);",
 };
 #define QUEUE_SCHEMA_VERSION ((int)(sizeof(queue_migrations) / sizeof(queue_migrations[0])))
 
@@ -75,13 +100,10 @@ struct queue {
     char committed[QUEUE_BATCH_MAX][QUEUE_ID_SIZE];
 };
 
-struct queue_reader {
-    sqlite3 *db;
-};
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static int queue_status_from_sqlite(int rc)
+int queue_status_from_sqlite(int rc)
 {
     switch (rc & 0xff) {
     case SQLITE_OK:
@@ -102,13 +124,13 @@ static bool queue_rc_is_busy(int rc)
 }
 
 /* Run one statement that returns no rows we need (pragmas, BEGIN, …). */
-static int queue_exec(sqlite3 *db, const char *sql)
+int queue_exec(sqlite3 *db, const char *sql)
 {
     return sqlite3_exec(db, sql, NULL, NULL, NULL);
 }
 
 /* Step a cached statement to completion and reset it; returns an SQLite code. */
-static int queue_step_done(sqlite3_stmt *st)
+int queue_step_done(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
@@ -116,7 +138,7 @@ static int queue_step_done(sqlite3_stmt *st)
 }
 
 /* Copy a column into a fixed field, truncating; NULL becomes "". */
-static void queue_copy_text(char *out, size_t out_size, sqlite3_stmt *st, int col)
+void queue_copy_text(char *out, size_t out_size, sqlite3_stmt *st, int col)
 {
     const unsigned char *text = sqlite3_column_text(st, col);
     snprintf(out, out_size, "%s", text != NULL ? (const char *)text : "");
@@ -182,7 +204,7 @@ static int queue_migrate_one(sqlite3 *db, int i)
     return SQLITE_OK;
 }
 
-static int queue_migrate(sqlite3 *db)
+int queue_migrate(sqlite3 *db)
 {
     int rc = queue_exec(db, "CREATE TABLE IF NOT EXISTS schema_version("
                             "module TEXT PRIMARY KEY, version INTEGER)");
@@ -210,7 +232,7 @@ static int queue_migrate(sqlite3 *db)
 /* WAL so readers (smarthostctl, the runner) never block the committer, and
  * synchronous=FULL so COMMIT returns only after the WAL is fsync'd: that is
  * what lets the session answer 250. */
-static int queue_configure(sqlite3 *db, unsigned busy_timeout_ms)
+int queue_configure(sqlite3 *db, unsigned busy_timeout_ms)
 {
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, busy_timeout_ms > INT_MAX ? INT_MAX : (int)busy_timeout_ms);
@@ -672,7 +694,7 @@ static bool queue_reader_has_tables(struct queue_reader *r)
 /* Prepare a reader query (statements are per call, so callbacks may use the
  * reader again). *st stays NULL, with 0 returned, when the tables do not
  * exist yet. */
-static int queue_reader_prepare(struct queue_reader *r, const char *sql, sqlite3_stmt **st)
+int queue_reader_prepare(struct queue_reader *r, const char *sql, sqlite3_stmt **st)
 {
     *st = NULL;
     int rc = sqlite3_prepare_v2(r->db, sql, -1, st, NULL);
@@ -684,11 +706,30 @@ static int queue_reader_prepare(struct queue_reader *r, const char *sql, sqlite3
     return queue_status_from_sqlite(rc);
 }
 
-static int queue_reader_fail(struct queue_reader *r, sqlite3_stmt *st, int rc)
+int queue_reader_fail(struct queue_reader *r, sqlite3_stmt *st, int rc)
 {
     log_err(NULL, "queue read failed rc=%d error=\"%s\"", rc, sqlite3_errmsg(r->db));
     sqlite3_finalize(st);
     return queue_status_from_sqlite(rc);
+}
+
+void queue_entry_from_row(sqlite3_stmt *st, struct queue_entry *e)
+{
+    memset(e, 0, sizeof(*e));
+    queue_copy_text(e->qid, sizeof(e->qid), st, 0);
+    e->created_at = sqlite3_column_int64(st, 1);
+    queue_copy_text(e->sender, sizeof(e->sender), st, 2);
+    queue_copy_text(e->auth_user, sizeof(e->auth_user), st, 3);
+    queue_copy_text(e->client_addr, sizeof(e->client_addr), st, 4);
+    sqlite3_int64 size = sqlite3_column_int64(st, 5);
+    e->size = size > 0 ? (uint64_t)size : 0;
+    queue_copy_text(e->state, sizeof(e->state), st, 6);
+    e->recipient_count = (size_t)sqlite3_column_int64(st, 7);
+    queue_copy_text(e->kind, sizeof(e->kind), st, 8);
+    e->is_held = sqlite3_column_int(st, 9) != 0;
+    e->next_attempt_at = sqlite3_column_int64(st, 10);
+    e->pending_count = (size_t)sqlite3_column_int64(st, 11);
+    queue_copy_text(e->last_error, sizeof(e->last_error), st, 12);
 }
 
 int queue_reader_list(struct queue_reader *r,
@@ -698,24 +739,13 @@ int queue_reader_list(struct queue_reader *r,
     /* id order is commit order: oldest first. */
     int rc = queue_reader_prepare(
         r,
-        "SELECT m.qid, m.created_at, m.sender, m.auth_user, m.client_addr, m.size, m.state,"
-        " (SELECT COUNT(*) FROM recipients r WHERE r.message_id = m.id)"
-        " FROM messages m ORDER BY m.id",
+        QUEUE_ENTRY_SELECT " ORDER BY m.id",
         &st);
     if (rc < 0 || st == NULL)
         return rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct queue_entry e;
-        memset(&e, 0, sizeof(e));
-        queue_copy_text(e.qid, sizeof(e.qid), st, 0);
-        e.created_at = sqlite3_column_int64(st, 1);
-        queue_copy_text(e.sender, sizeof(e.sender), st, 2);
-        queue_copy_text(e.auth_user, sizeof(e.auth_user), st, 3);
-        queue_copy_text(e.client_addr, sizeof(e.client_addr), st, 4);
-        sqlite3_int64 size = sqlite3_column_int64(st, 5);
-        e.size = size > 0 ? (uint64_t)size : 0;
-        queue_copy_text(e.state, sizeof(e.state), st, 6);
-        e.recipient_count = (size_t)sqlite3_column_int64(st, 7);
+        queue_entry_from_row(st, &e);
         if (cb(&e, arg) != 0) {
             sqlite3_finalize(st);
             return 0;

@@ -80,7 +80,13 @@ struct queue_entry {
     char client_addr[64];
     uint64_t size;            /* header + body bytes */
     size_t recipient_count;
-    char state[16];           /* "queued", "hold", … */
+    char state[16];           /* "queued" (being delivered or waiting), "done" */
+    /* delivery (schema 2) */
+    char kind[16];            /* "message", "dsn" (a bounce we made), "warning" */
+    bool is_held;
+    int64_t next_attempt_at;  /* earliest due recipient; 0 = now */
+    size_t pending_count;     /* recipients not yet delivered or bounced */
+    char last_error[256];     /* newest recipient error, "" when none */
 };
 
 struct queue_reader;
@@ -94,5 +100,127 @@ int queue_reader_recipients(struct queue_reader *r, const char *qid,
                             int (*cb)(const char *rcpt, const char *state, void *arg), void *arg);
 /* The stored message (header + body) into a new buffer; caller frees *out. */
 int queue_reader_body(struct queue_reader *r, const char *qid, uint8_t **out, size_t *out_len);
+
+/* One message's envelope and state (queue show). */
+int queue_reader_entry(struct queue_reader *r, const char *qid, struct queue_entry *out);
+
+struct queue_rcpt_info {
+    char address[512];
+    char state[16];           /* queued | deferred | delivered | bounced */
+    unsigned attempts;
+    int64_t next_attempt_at;
+    char dsn_status[16];      /* "5.1.1" once known */
+    char last_error[1024];    /* the remote reply or local error of the last attempt */
+    int64_t updated_at;
+};
+int queue_reader_recipient_infos(struct queue_reader *r, const char *qid,
+                                 int (*cb)(const struct queue_rcpt_info *i, void *arg),
+                                 void *arg);
+
+struct queue_attempt_info {
+    int64_t at;
+    char rcpt[512];           /* "" when the attempt concerned the whole message */
+    char domain[256];
+    char host[256];
+    char address[80];
+    char step[16];            /* dns connect banner ehlo starttls auth mail rcpt data quit done */
+    char tls[96];
+    char reply[1024];
+    char outcome[16];         /* delivered | deferred | bounced */
+};
+/* Every attempt for one message, oldest first. */
+int queue_reader_attempts(struct queue_reader *r, const char *qid,
+                          int (*cb)(const struct queue_attempt_info *a, void *arg), void *arg);
+
+/* ---- the delivery side (relay/ runner, smarthostctl queue actions).
+ * Blocking, own read-write connection: call from a worker thread, never from
+ * a loop thread. Every write is one transaction. */
+
+struct queue_store;
+int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out);
+void queue_store_close(struct queue_store *s);
+
+struct queue_due_rcpt {
+    int64_t id;
+    char address[512];
+    unsigned attempts;
+};
+
+struct queue_due {
+    int64_t id;
+    char qid[QUEUE_ID_SIZE];
+    int64_t created_at;
+    char sender[512];
+    char auth_user[256];
+    char kind[16];
+    int64_t warned_at;
+    uint64_t size;
+    size_t rcpt_count;
+    struct queue_due_rcpt *rcpts; /* the recipients due now */
+};
+
+/* Up to max messages with recipients due at now (state queued/deferred,
+ * next_attempt_at <= now, message not held), oldest first, skipping message
+ * ids for which skip returns true (in flight). *out: array for
+ * queue_due_free. */
+int queue_store_due(struct queue_store *s, int64_t now, size_t max,
+                    bool (*skip)(int64_t message_id, void *arg), void *arg,
+                    struct queue_due **out, size_t *count);
+void queue_due_free(struct queue_due *due, size_t count);
+/* Earliest next_attempt_at among pending recipients of messages not held;
+ * INT64_MAX when nothing is pending. */
+int queue_store_next_due(struct queue_store *s, int64_t *at);
+/* The stored message (header + body) by message id; caller frees *out. */
+int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, size_t *out_len);
+
+struct queue_attempt {
+    int64_t recipient_id;     /* 0: the whole message (dns, connect, …) */
+    const char *domain, *host, *address, *step, *tls, *reply, *outcome;
+};
+
+struct queue_rcpt_update {
+    int64_t recipient_id;
+    const char *state;        /* "delivered" | "deferred" | "bounced" */
+    int64_t next_attempt_at;  /* when deferred */
+    const char *dsn_status;
+    const char *last_error;
+};
+
+/* A message the delivery side creates (a DSN or delay warning). */
+struct queue_new_message {
+    const char *qid;          /* from queue_id_new() */
+    const char *kind;         /* "dsn" | "warning" */
+    const char *sender;       /* "" (null sender, RFC 3464) */
+    const char *const *recipients;
+    size_t recipient_count;
+    const uint8_t *data;      /* the whole message, CRLF lines */
+    size_t data_len;
+};
+
+/* The result of one delivery attempt for one message, written in one
+ * transaction: attempt rows, recipient states (attempts counted), any new
+ * messages (bounces are thus never lost nor duplicated), the warned mark,
+ * and the message's own state / next_attempt_at / done_at recomputed. */
+struct queue_outcome {
+    int64_t message_id;
+    int64_t now;
+    const struct queue_attempt *attempts;
+    size_t attempt_count;
+    const struct queue_rcpt_update *rcpts;
+    size_t rcpt_count;
+    const struct queue_new_message *created;
+    size_t created_count;
+    bool is_warned;           /* a delay warning was created: set warned_at */
+};
+int queue_store_record(struct queue_store *s, const struct queue_outcome *o);
+
+/* Admin actions by queue id (NULL/"" = every message where noted). */
+int queue_store_hold(struct queue_store *s, const char *qid, bool is_held);
+/* Make pending recipients due now; qid NULL: every message not held.
+ * *count: messages affected. */
+int queue_store_retry(struct queue_store *s, const char *qid, int64_t now, size_t *count);
+int queue_store_delete(struct queue_store *s, const char *qid);
+/* Delete finished messages whose done_at is before `before`; *count. */
+int queue_store_purge_done(struct queue_store *s, int64_t before, size_t *count);
 
 #endif

@@ -1,0 +1,572 @@
+/* queue_store.c — the delivery side of the queue: what the relay runner
+ * reads (due recipients, bodies) and writes (one transaction per attempt
+ * result: attempt rows, recipient states, new DSN messages, the message's
+ * own state), the admin actions behind `smarthostctl queue`, and the reader
+ * queries `queue show` uses. Blocking SQLite on its own connection, so
+ * callers run it on a worker thread. A recipient becomes 'delivered' only in
+ * a transaction written after the remote 250; whatever was in flight when
+ * the process died is still 'queued' or 'deferred' and is tried again. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "core/log.h"
+#include "core/queue.h"
+#include "core/queue_internal.h"
+
+/* A recipient still waiting for delivery. */
+#define QUEUE_PENDING "r.state IN ('queued', 'deferred')"
+
+struct queue_store {
+    sqlite3 *db;
+};
+
+int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out)
+{
+    *out = NULL;
+    struct queue_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return -ENOMEM;
+    int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK)
+        rc = queue_configure(s->db, busy_timeout_ms);
+    if (rc == SQLITE_OK)
+        rc = queue_migrate(s->db);
+    if (rc != SQLITE_OK) {
+        log_err(NULL, "queue store open failed path=%s rc=%d error=\"%s\"", path, rc,
+                s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        sqlite3_close(s->db);
+        free(s);
+        return queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY ? QUEUE_ERR_BUSY : QUEUE_ERR_STORAGE;
+    }
+    *out = s;
+    return 0;
+}
+
+void queue_store_close(struct queue_store *s)
+{
+    if (s == NULL)
+        return;
+    sqlite3_close(s->db);
+    free(s);
+}
+
+static int queue_store_fail(struct queue_store *s, sqlite3_stmt *st, int rc, const char *what)
+{
+    log_err(NULL, "queue %s failed rc=%d error=\"%s\"", what, rc, sqlite3_errmsg(s->db));
+    sqlite3_finalize(st);
+    if (!sqlite3_get_autocommit(s->db))
+        queue_exec(s->db, "ROLLBACK");
+    return queue_status_from_sqlite(rc);
+}
+
+/* ---- reading what is due ------------------------------------------------ */
+
+void queue_due_free(struct queue_due *due, size_t count)
+{
+    if (due == NULL)
+        return;
+    for (size_t i = 0; i < count; i++)
+        free(due[i].rcpts);
+    free(due);
+}
+
+static int queue_store_due_rcpts(struct queue_store *s, struct queue_due *d, int64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT r.id, r.address, r.attempts FROM recipients r"
+                                " WHERE r.message_id = ? AND " QUEUE_PENDING
+                                " AND r.next_attempt_at <= ? ORDER BY r.id",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, st, rc, "due recipients");
+    sqlite3_bind_int64(st, 1, d->id);
+    sqlite3_bind_int64(st, 2, now);
+    size_t cap = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (d->rcpt_count == cap) {
+            size_t ncap = cap ? cap * 2 : 4;
+            struct queue_due_rcpt *n = realloc(d->rcpts, ncap * sizeof(*n));
+            if (n == NULL) {
+                sqlite3_finalize(st);
+                return -ENOMEM;
+            }
+            d->rcpts = n;
+            cap = ncap;
+        }
+        struct queue_due_rcpt *r = &d->rcpts[d->rcpt_count++];
+        r->id = sqlite3_column_int64(st, 0);
+        queue_copy_text(r->address, sizeof(r->address), st, 1);
+        r->attempts = (unsigned)sqlite3_column_int(st, 2);
+    }
+    if (rc != SQLITE_DONE)
+        return queue_store_fail(s, st, rc, "due recipients");
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int queue_store_due(struct queue_store *s, int64_t now, size_t max,
+                    bool (*skip)(int64_t message_id, void *arg), void *arg,
+                    struct queue_due **out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    if (max == 0)
+        return 0;
+    sqlite3_stmt *st = NULL;
+    /* messages.next_attempt_at is kept equal to the earliest pending
+     * recipient's, so the index on it finds what is due. */
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT m.id, m.qid, m.created_at, m.sender, m.auth_user, m.kind,"
+                                " m.warned_at, m.size FROM messages m"
+                                " WHERE m.state = 'queued' AND m.held = 0"
+                                " AND m.next_attempt_at <= ? ORDER BY m.next_attempt_at, m.id",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, st, rc, "due messages");
+    sqlite3_bind_int64(st, 1, now);
+    struct queue_due *due = calloc(max, sizeof(*due));
+    if (due == NULL) {
+        sqlite3_finalize(st);
+        return -ENOMEM;
+    }
+    size_t n = 0;
+    while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0);
+        if (skip != NULL && skip(id, arg))
+            continue;
+        struct queue_due *d = &due[n];
+        d->id = id;
+        queue_copy_text(d->qid, sizeof(d->qid), st, 1);
+        d->created_at = sqlite3_column_int64(st, 2);
+        queue_copy_text(d->sender, sizeof(d->sender), st, 3);
+        queue_copy_text(d->auth_user, sizeof(d->auth_user), st, 4);
+        queue_copy_text(d->kind, sizeof(d->kind), st, 5);
+        d->warned_at = sqlite3_column_int64(st, 6);
+        sqlite3_int64 size = sqlite3_column_int64(st, 7);
+        d->size = size > 0 ? (uint64_t)size : 0;
+        n++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        queue_due_free(due, n);
+        return queue_store_fail(s, st, rc, "due messages");
+    }
+    sqlite3_finalize(st);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc = queue_store_due_rcpts(s, &due[i], now);
+        if (rc < 0) {
+            queue_due_free(due, n);
+            return rc;
+        }
+        if (due[i].rcpt_count > 0)
+            due[kept++] = due[i];
+        else
+            free(due[i].rcpts); /* raced with another writer: nothing due after all */
+    }
+    *out = due;
+    *count = kept;
+    if (kept == 0) {
+        free(due);
+        *out = NULL;
+    }
+    return 0;
+}
+
+int queue_store_next_due(struct queue_store *s, int64_t *at)
+{
+    *at = INT64_MAX;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT MIN(next_attempt_at) FROM messages"
+                                " WHERE state = 'queued' AND held = 0",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, st, rc, "next due");
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return queue_store_fail(s, st, rc, "next due");
+    if (sqlite3_column_type(st, 0) != SQLITE_NULL)
+        *at = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT body FROM messages WHERE id = ?", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, st, rc, "body read");
+    sqlite3_bind_int64(st, 1, message_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        return QUEUE_ERR_NOT_FOUND;
+    }
+    if (rc != SQLITE_ROW)
+        return queue_store_fail(s, st, rc, "body read");
+    const void *blob = sqlite3_column_blob(st, 0);
+    int len = sqlite3_column_bytes(st, 0);
+    if (len > 0 && blob == NULL)
+        return queue_store_fail(s, st, sqlite3_errcode(s->db), "body read");
+    uint8_t *copy = malloc(len > 0 ? (size_t)len : 1);
+    if (copy == NULL) {
+        sqlite3_finalize(st);
+        return -ENOMEM;
+    }
+    if (len > 0)
+        memcpy(copy, blob, (size_t)len);
+    sqlite3_finalize(st);
+    *out = copy;
+    *out_len = (size_t)len;
+    return 0;
+}
+
+/* ---- writing an outcome ------------------------------------------------- */
+
+static int queue_store_insert_attempt(struct queue_store *s, int64_t message_id, int64_t now,
+                                      const struct queue_attempt *a)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "INSERT INTO attempts(message_id, recipient_id, at, domain, host,"
+                                " address, step, tls, reply, outcome)"
+                                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, message_id);
+    if (a->recipient_id > 0)
+        sqlite3_bind_int64(st, 2, a->recipient_id);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_int64(st, 3, now);
+    const char *texts[] = {a->domain, a->host, a->address, a->step, a->tls, a->reply, a->outcome};
+    for (int i = 0; i < 7; i++)
+        sqlite3_bind_text(st, 4 + i, texts[i] != NULL ? texts[i] : "", -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int queue_store_update_rcpt(struct queue_store *s, int64_t message_id, int64_t now,
+                                   const struct queue_rcpt_update *u)
+{
+    sqlite3_stmt *st = NULL;
+    /* Only a pending recipient changes: a result arriving for one an admin
+     * has meanwhile deleted (or a duplicate) changes nothing. */
+    int rc = sqlite3_prepare_v2(s->db,
+                                "UPDATE recipients SET state = ?, attempts = attempts + 1,"
+                                " next_attempt_at = ?, dsn_status = ?, last_error = ?,"
+                                " updated_at = ? WHERE id = ? AND message_id = ?"
+                                " AND state IN ('queued', 'deferred')",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, u->state, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, u->next_attempt_at);
+    sqlite3_bind_text(st, 3, u->dsn_status != NULL ? u->dsn_status : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, u->last_error != NULL ? u->last_error : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, now);
+    sqlite3_bind_int64(st, 6, u->recipient_id);
+    sqlite3_bind_int64(st, 7, message_id);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int queue_store_insert_message(struct queue_store *s, int64_t now,
+                                      const struct queue_new_message *m)
+{
+    if (m->qid == NULL || m->recipient_count == 0 || m->data_len > INT_MAX)
+        return SQLITE_MISUSE;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "INSERT INTO messages(qid, created_at, sender, auth_user,"
+                                " client_addr, helo, size, body, kind)"
+                                " VALUES(?, ?, ?, '', '', '', ?, ?, ?)",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, m->qid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_text(st, 3, m->sender != NULL ? m->sender : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)m->data_len);
+    sqlite3_bind_blob(st, 5, m->data_len > 0 ? m->data : (const void *)"", (int)m->data_len,
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, m->kind != NULL ? m->kind : "dsn", -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_int64 id = sqlite3_last_insert_rowid(s->db);
+    rc = sqlite3_prepare_v2(s->db, "INSERT INTO recipients(message_id, address) VALUES(?, ?)", -1,
+                            &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    for (size_t i = 0; rc == SQLITE_OK && i < m->recipient_count; i++) {
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_text(st, 2, m->recipients[i], -1, SQLITE_STATIC);
+        rc = queue_step_done(st);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The message row follows its recipients: due when the earliest pending
+ * one is, done (with done_at) when none is pending. */
+static int queue_store_refresh_message(struct queue_store *s, int64_t message_id, int64_t now,
+                                       bool is_warned)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        s->db,
+        "UPDATE messages SET"
+        " next_attempt_at = COALESCE((SELECT MIN(r.next_attempt_at) FROM recipients r"
+        "  WHERE r.message_id = messages.id AND " QUEUE_PENDING "), next_attempt_at),"
+        " state = CASE WHEN EXISTS(SELECT 1 FROM recipients r"
+        "  WHERE r.message_id = messages.id AND " QUEUE_PENDING ") THEN 'queued' ELSE 'done' END,"
+        " done_at = CASE WHEN EXISTS(SELECT 1 FROM recipients r"
+        "  WHERE r.message_id = messages.id AND " QUEUE_PENDING ") THEN 0"
+        "  WHEN done_at > 0 THEN done_at ELSE ?1 END,"
+        " warned_at = CASE WHEN ?2 THEN ?1 ELSE warned_at END"
+        " WHERE id = ?3",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int(st, 2, is_warned ? 1 : 0);
+    sqlite3_bind_int64(st, 3, message_id);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int queue_store_record(struct queue_store *s, const struct queue_outcome *o)
+{
+    int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
+    const char *step = "begin";
+    for (size_t i = 0; rc == SQLITE_OK && i < o->attempt_count; i++) {
+        step = "attempt";
+        rc = queue_store_insert_attempt(s, o->message_id, o->now, &o->attempts[i]);
+    }
+    for (size_t i = 0; rc == SQLITE_OK && i < o->rcpt_count; i++) {
+        step = "recipient";
+        rc = queue_store_update_rcpt(s, o->message_id, o->now, &o->rcpts[i]);
+    }
+    for (size_t i = 0; rc == SQLITE_OK && i < o->created_count; i++) {
+        step = "new message";
+        rc = queue_store_insert_message(s, o->now, &o->created[i]);
+    }
+    if (rc == SQLITE_OK) {
+        step = "message";
+        rc = queue_store_refresh_message(s, o->message_id, o->now, o->is_warned);
+    }
+    if (rc == SQLITE_OK) {
+        step = "commit";
+        rc = queue_exec(s->db, "COMMIT");
+    }
+    if (rc == SQLITE_OK)
+        return 0;
+    log_warn(NULL, "queue outcome write failed step=%s rc=%d error=\"%s\"", step, rc,
+             sqlite3_errmsg(s->db));
+    if (!sqlite3_get_autocommit(s->db))
+        queue_exec(s->db, "ROLLBACK");
+    return queue_status_from_sqlite(rc) == QUEUE_OK ? QUEUE_ERR_STORAGE
+                                                    : queue_status_from_sqlite(rc);
+}
+
+/* ---- admin actions ------------------------------------------------------ */
+
+/* Run one UPDATE/DELETE with an optional qid (?1) and number (?2) bound;
+ * *changes gets the rows changed. */
+static int queue_store_change(struct queue_store *s, const char *sql, const char *qid,
+                              int64_t number, size_t *changes, const char *what)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, st, rc, what);
+    if (qid != NULL)
+        sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    if (sqlite3_bind_parameter_count(st) >= 2)
+        sqlite3_bind_int64(st, 2, number);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return queue_store_fail(s, st, rc, what);
+    sqlite3_finalize(st);
+    *changes = (size_t)sqlite3_changes(s->db);
+    return 0;
+}
+
+int queue_store_hold(struct queue_store *s, const char *qid, bool is_held)
+{
+    size_t n = 0;
+    int rc = queue_store_change(s, "UPDATE messages SET held = ?2 WHERE qid = ?1", qid,
+                                is_held ? 1 : 0, &n, "hold");
+    if (rc < 0)
+        return rc;
+    return n > 0 ? 0 : QUEUE_ERR_NOT_FOUND;
+}
+
+int queue_store_retry(struct queue_store *s, const char *qid, int64_t now, size_t *count)
+{
+    *count = 0;
+    bool is_all = qid == NULL || qid[0] == '\0';
+    int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, NULL, rc, "retry");
+    size_t n = 0;
+    /* ?1 is the qid (NULL: every message not held). */
+    rc = queue_store_change(s,
+                            "UPDATE recipients SET next_attempt_at = ?2"
+                            " WHERE state IN ('queued', 'deferred') AND message_id IN"
+                            " (SELECT id FROM messages WHERE state = 'queued' AND"
+                            "  (?1 IS NULL AND held = 0 OR qid = ?1))",
+                            is_all ? NULL : qid, now, &n, "retry");
+    if (rc == 0)
+        rc = queue_store_change(s,
+                                "UPDATE messages SET next_attempt_at = ?2"
+                                " WHERE state = 'queued' AND (?1 IS NULL AND held = 0 OR qid = ?1)",
+                                is_all ? NULL : qid, now, count, "retry");
+    if (rc < 0)
+        return rc; /* rolled back by queue_store_fail */
+    rc = queue_exec(s->db, "COMMIT");
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, NULL, rc, "retry");
+    if (!is_all && *count == 0) {
+        struct queue_reader r = {.db = s->db};
+        struct queue_entry e;
+        return queue_reader_entry(&r, qid, &e); /* not found, or found but finished: 0 */
+    }
+    return 0;
+}
+
+int queue_store_delete(struct queue_store *s, const char *qid)
+{
+    size_t n = 0;
+    int rc = queue_store_change(s, "DELETE FROM messages WHERE qid = ?1", qid, 0, &n, "delete");
+    if (rc < 0)
+        return rc;
+    return n > 0 ? 0 : QUEUE_ERR_NOT_FOUND;
+}
+
+int queue_store_purge_done(struct queue_store *s, int64_t before, size_t *count)
+{
+    return queue_store_change(s,
+                              "DELETE FROM messages WHERE state = 'done' AND done_at < ?2",
+                              NULL, before, count, "purge");
+}
+
+/* ---- reader queries for queue show -------------------------------------- */
+
+int queue_reader_entry(struct queue_reader *r, const char *qid, struct queue_entry *out)
+{
+    memset(out, 0, sizeof(*out));
+    sqlite3_stmt *st;
+    int rc = queue_reader_prepare(r, QUEUE_ENTRY_SELECT " WHERE m.qid = ?", &st);
+    if (rc < 0)
+        return rc;
+    if (st == NULL)
+        return QUEUE_ERR_NOT_FOUND;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        queue_entry_from_row(st, out);
+        sqlite3_finalize(st);
+        return 0;
+    }
+    if (rc != SQLITE_DONE)
+        return queue_reader_fail(r, st, rc);
+    sqlite3_finalize(st);
+    return QUEUE_ERR_NOT_FOUND;
+}
+
+int queue_reader_recipient_infos(struct queue_reader *r, const char *qid,
+                                 int (*cb)(const struct queue_rcpt_info *i, void *arg), void *arg)
+{
+    sqlite3_stmt *st;
+    int rc = queue_reader_prepare(r,
+                                  "SELECT r.address, r.state, r.attempts, r.next_attempt_at,"
+                                  " r.dsn_status, r.last_error, r.updated_at FROM recipients r"
+                                  " JOIN messages m ON m.id = r.message_id"
+                                  " WHERE m.qid = ? ORDER BY r.id",
+                                  &st);
+    if (rc < 0)
+        return rc;
+    if (st == NULL)
+        return QUEUE_ERR_NOT_FOUND;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    struct queue_rcpt_info *info = malloc(sizeof(*info));
+    if (info == NULL) {
+        sqlite3_finalize(st);
+        return -ENOMEM;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        memset(info, 0, sizeof(*info));
+        queue_copy_text(info->address, sizeof(info->address), st, 0);
+        queue_copy_text(info->state, sizeof(info->state), st, 1);
+        info->attempts = (unsigned)sqlite3_column_int(st, 2);
+        info->next_attempt_at = sqlite3_column_int64(st, 3);
+        queue_copy_text(info->dsn_status, sizeof(info->dsn_status), st, 4);
+        queue_copy_text(info->last_error, sizeof(info->last_error), st, 5);
+        info->updated_at = sqlite3_column_int64(st, 6);
+        if (cb(info, arg) != 0)
+            break;
+    }
+    free(info);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return queue_reader_fail(r, st, rc);
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int queue_reader_attempts(struct queue_reader *r, const char *qid,
+                          int (*cb)(const struct queue_attempt_info *a, void *arg), void *arg)
+{
+    sqlite3_stmt *st;
+    int rc = queue_reader_prepare(r,
+                                  "SELECT a.at, COALESCE(rc.address, ''), a.domain, a.host,"
+                                  " a.address, a.step, a.tls, a.reply, a.outcome FROM attempts a"
+                                  " JOIN messages m ON m.id = a.message_id"
+                                  " LEFT JOIN recipients rc ON rc.id = a.recipient_id"
+                                  " WHERE m.qid = ? ORDER BY a.id",
+                                  &st);
+    if (rc < 0)
+        return rc;
+    if (st == NULL)
+        return QUEUE_ERR_NOT_FOUND;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+    struct queue_attempt_info *a = malloc(sizeof(*a));
+    if (a == NULL) {
+        sqlite3_finalize(st);
+        return -ENOMEM;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        memset(a, 0, sizeof(*a));
+        a->at = sqlite3_column_int64(st, 0);
+        queue_copy_text(a->rcpt, sizeof(a->rcpt), st, 1);
+        queue_copy_text(a->domain, sizeof(a->domain), st, 2);
+        queue_copy_text(a->host, sizeof(a->host), st, 3);
+        queue_copy_text(a->address, sizeof(a->address), st, 4);
+        queue_copy_text(a->step, sizeof(a->step), st, 5);
+        queue_copy_text(a->tls, sizeof(a->tls), st, 6);
+        queue_copy_text(a->reply, sizeof(a->reply), st, 7);
+        queue_copy_text(a->outcome, sizeof(a->outcome), st, 8);
+        if (cb(a, arg) != 0)
+            break;
+    }
+    free(a);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return queue_reader_fail(r, st, rc);
+    sqlite3_finalize(st);
+    return 0;
+}
