@@ -1,5 +1,5 @@
 /* smarthostctl.c — the admin CLI: accounts (user add|del|passwd|enable|
- * disable|show|list), the queue (queue list) and `config check`.
+ * disable|show|list), the queue (cmd/ctl_queue.c) and `config check|defaults`.
  * Contract: human tables on stdout by default, JSON with --json; errors on
  * stderr as "smarthostctl: <what>: <reason>"; exit 0 ok, 1 runtime error,
  * 2 usage, 3 not found, 4 already exists. Passwords come from a no-echo
@@ -26,41 +26,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/queue.h"
-
-#define CTL_DEFAULT_CONFIG "/etc/smarthost/smarthost.conf"
-#define CTL_GENERATED_LEN 20
-/* smarthostctl waits at least this long for a locked database: an admin
- * command may well run while the daemon commits a burst of mail. */
-#define CTL_MIN_BUSY_MS 5000
-
-enum ctl_exit {
-    CTL_EXIT_OK = 0,
-    CTL_EXIT_RUNTIME = 1,
-    CTL_EXIT_USAGE = 2,
-    CTL_EXIT_NOT_FOUND = 3,
-    CTL_EXIT_EXISTS = 4,
-};
-
-enum ctl_password_source {
-    CTL_PASSWORD_PROMPT,
-    CTL_PASSWORD_STDIN,
-    CTL_PASSWORD_GENERATE,
-};
-
-struct ctl {
-    const char *config_path;
-    bool is_config_explicit;
-    bool is_json;
-    struct config *cfg;
-    const char *what; /* "user add", for error messages */
-};
-
-struct ctl_command {
-    const char *group, *name;
-    const char *args; /* synopsis after the command words */
-    const char *doc;
-    int (*run)(struct ctl *ctl, int argc, char **argv);
-};
+#include "cmd/ctl.h"
 
 static int ctl_user_add(struct ctl *ctl, int argc, char **argv);
 static int ctl_user_del(struct ctl *ctl, int argc, char **argv);
@@ -69,7 +35,6 @@ static int ctl_user_enable(struct ctl *ctl, int argc, char **argv);
 static int ctl_user_disable(struct ctl *ctl, int argc, char **argv);
 static int ctl_user_show(struct ctl *ctl, int argc, char **argv);
 static int ctl_user_list(struct ctl *ctl, int argc, char **argv);
-static int ctl_queue_list(struct ctl *ctl, int argc, char **argv);
 static int ctl_config_check(struct ctl *ctl, int argc, char **argv);
 static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv);
 
@@ -83,14 +48,23 @@ static const struct ctl_command ctl_commands[] = {
     {"user", "disable", "NAME", "refuse authentication for the account", ctl_user_disable},
     {"user", "show", "NAME", "show one account", ctl_user_show},
     {"user", "list", "", "list all accounts", ctl_user_list},
-    {"queue", "list", "", "list queued messages, oldest first", ctl_queue_list},
+    {"queue", "list", "", "list messages: age, sender, recipients, state, next attempt, last error",
+     ctl_queue_list},
+    {"queue", "show", "QID", "one message: envelope, each recipient's state, every attempt",
+     ctl_queue_show},
+    {"queue", "retry", "QID | --all", "try again now (the running daemon is told at once)",
+     ctl_queue_retry},
+    {"queue", "flush", "", "try every waiting message now (same as retry --all)", ctl_queue_flush},
+    {"queue", "hold", "QID", "keep a message from being delivered until released", ctl_queue_hold},
+    {"queue", "release", "QID", "deliver a held message again", ctl_queue_release},
+    {"queue", "delete", "QID", "remove a message for good, without a bounce", ctl_queue_delete},
     {"config", "check", "", "check the configuration file", ctl_config_check},
     {"config", "defaults", "", "print a configuration file with every key at its default",
      ctl_config_defaults},
 };
 #define CTL_COMMAND_COUNT (sizeof(ctl_commands) / sizeof(ctl_commands[0]))
 
-static const struct ctl_command *ctl_find(const char *group, const char *name)
+const struct ctl_command *ctl_find(const char *group, const char *name)
 {
     for (size_t i = 0; i < CTL_COMMAND_COUNT; i++) {
         if (strcmp(ctl_commands[i].group, group) == 0 && strcmp(ctl_commands[i].name, name) == 0)
@@ -101,10 +75,7 @@ static const struct ctl_command *ctl_find(const char *group, const char *name)
 
 /* ---- output helpers ----------------------------------------------------- */
 
-static void ctl_error(const struct ctl *ctl, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void ctl_error(const struct ctl *ctl, const char *fmt, ...)
+void ctl_error(const struct ctl *ctl, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -139,7 +110,7 @@ static void ctl_usage(FILE *fp)
                 "4 already exists.\n");
 }
 
-static void ctl_command_usage(const struct ctl_command *c, FILE *fp)
+void ctl_command_usage(const struct ctl_command *c, FILE *fp)
 {
     fprintf(fp, "Usage: smarthostctl [-c FILE] [--json] %s %s %s\n\n%c%s.\n", c->group, c->name,
             c->args, c->doc[0] >= 'a' && c->doc[0] <= 'z' ? c->doc[0] - 'a' + 'A' : c->doc[0],
@@ -158,7 +129,7 @@ static void ctl_command_usage(const struct ctl_command *c, FILE *fp)
 
 /* A JSON string from text that may not be valid UTF-8 (queue data from
  * clients): escaped as in log lines when jansson refuses it. */
-static json_t *ctl_json_text(const char *s)
+json_t *ctl_json_text(const char *s)
 {
     json_t *j = json_string(s);
     if (j == NULL) {
@@ -170,7 +141,7 @@ static json_t *ctl_json_text(const char *s)
 }
 
 /* Print one JSON value on its own line (and free it). */
-static int ctl_json_print(json_t *j)
+int ctl_json_print(json_t *j)
 {
     if (j == NULL)
         return -1;
@@ -180,7 +151,7 @@ static int ctl_json_print(json_t *j)
     return rc;
 }
 
-static void ctl_format_time(int64_t t, char *out, size_t out_size)
+void ctl_format_time(int64_t t, char *out, size_t out_size)
 {
     if (t <= 0) {
         snprintf(out, out_size, "-");
@@ -192,7 +163,7 @@ static void ctl_format_time(int64_t t, char *out, size_t out_size)
         snprintf(out, out_size, "%lld", (long long)t);
 }
 
-static void ctl_format_age(int64_t seconds, char *out, size_t out_size)
+void ctl_format_age(int64_t seconds, char *out, size_t out_size)
 {
     if (seconds < 0)
         seconds = 0;
@@ -207,7 +178,7 @@ static void ctl_format_age(int64_t seconds, char *out, size_t out_size)
 }
 
 /* "root" (or the uid), plus the sudo caller when there is one. */
-static void ctl_actor(char *out, size_t out_size)
+void ctl_actor(char *out, size_t out_size)
 {
     struct passwd *pw = getpwuid(getuid());
     char sudo[128] = "";
@@ -339,7 +310,7 @@ static int ctl_check_name(struct ctl *ctl, const char *name)
 
 /* The default file may be absent (then defaults apply); a file named with
  * -c must exist. */
-static int ctl_load_config(struct ctl *ctl)
+int ctl_load_config(struct ctl *ctl)
 {
     if (ctl->cfg != NULL)
         return CTL_EXIT_OK;
@@ -360,7 +331,7 @@ static int ctl_load_config(struct ctl *ctl)
     return CTL_EXIT_OK;
 }
 
-static unsigned ctl_busy_ms(const struct ctl *ctl)
+unsigned ctl_busy_ms(const struct ctl *ctl)
 {
     uint64_t ms = ctl->cfg->queue_busy_timeout_ms;
     if (ms < CTL_MIN_BUSY_MS)
@@ -870,82 +841,6 @@ static int ctl_user_list(struct ctl *ctl, int argc, char **argv)
         rc = ctl_report_store_error(ctl, st, status, "");
     store_close(st);
     return rc;
-}
-
-/* ---- queue ------------------------------------------------------------- */
-
-struct ctl_queue_ctx {
-    bool is_json;
-    size_t count;
-    int64_t now;
-};
-
-static int ctl_on_message(const struct queue_entry *e, void *arg)
-{
-    struct ctl_queue_ctx *ctx = arg;
-    if (ctx->is_json) {
-        json_t *o = json_object();
-        json_object_set_new(o, "qid", ctl_json_text(e->qid));
-        json_object_set_new(o, "created_at", json_integer((json_int_t)e->created_at));
-        json_object_set_new(o, "age", json_integer((json_int_t)(ctx->now - e->created_at)));
-        json_object_set_new(o, "sender", ctl_json_text(e->sender));
-        json_object_set_new(o, "recipients", json_integer((json_int_t)e->recipient_count));
-        json_object_set_new(o, "size", json_integer((json_int_t)e->size));
-        json_object_set_new(o, "state", ctl_json_text(e->state));
-        json_object_set_new(o, "auth_user", ctl_json_text(e->auth_user));
-        json_object_set_new(o, "client_addr", ctl_json_text(e->client_addr));
-        char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        json_decref(o);
-        printf("%s  %s", ctx->count == 0 ? "" : ",\n", text != NULL ? text : "null");
-        free(text);
-    } else {
-        char age[32], sender[600], user[300];
-        ctl_format_age(ctx->now - e->created_at, age, sizeof(age));
-        /* Client-supplied text: escaped before it reaches a terminal. */
-        log_escape(e->sender, strlen(e->sender), sender, sizeof(sender));
-        log_escape(e->auth_user, strlen(e->auth_user), user, sizeof(user));
-        printf("%-15s %6s %10llu %5zu %-8s %-16s <%s>\n", e->qid, age,
-               (unsigned long long)e->size, e->recipient_count, e->state,
-               user[0] != '\0' ? user : "-", sender);
-    }
-    ctx->count++;
-    return 0;
-}
-
-static int ctl_queue_list(struct ctl *ctl, int argc, char **argv)
-{
-    struct ctl_args a;
-    int rc = ctl_parse_args(ctl, ctl_find("queue", "list"), argc, argv, &a);
-    if (rc != CTL_EXIT_OK)
-        return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
-        return rc;
-    if ((rc = ctl_load_config(ctl)) != CTL_EXIT_OK)
-        return rc;
-    struct queue_reader *r = NULL;
-    if (queue_reader_open(ctl->cfg->database, &r) < 0) {
-        ctl_error(ctl, "cannot open the database %s (see the log for the reason)",
-                  ctl->cfg->database);
-        return CTL_EXIT_RUNTIME;
-    }
-    struct ctl_queue_ctx ctx = {.is_json = ctl->is_json, .now = (int64_t)time(NULL)};
-    if (ctl->is_json)
-        printf("[\n");
-    else
-        printf("%-15s %6s %10s %5s %-8s %-16s %s\n", "QID", "AGE", "SIZE", "RCPTS", "STATE",
-               "USER", "SENDER");
-    int status = queue_reader_list(r, ctl_on_message, &ctx);
-    if (ctl->is_json)
-        printf("%s]\n", ctx.count > 0 ? "\n" : "");
-    else if (status == 0)
-        printf("%zu message%s\n", ctx.count, ctx.count == 1 ? "" : "s");
-    queue_reader_close(r);
-    if (status < 0) {
-        ctl_error(ctl, "cannot read the queue in %s (%s)", ctl->cfg->database,
-                  status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
-        return CTL_EXIT_RUNTIME;
-    }
-    return CTL_EXIT_OK;
 }
 
 /* ---- config ------------------------------------------------------------ */
