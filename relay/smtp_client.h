@@ -104,5 +104,10 @@ int client_send(struct client_conn *c, const struct client_txn *txn, client_cb c
 /* QUIT (best effort) and free; no callback. Safe on any open connection
  * that is not in the middle of client_send. */
 void client_close(struct client_conn *c);
+/* Stop at once whatever c is doing (connecting, in the middle of
+ * client_send, …): no callback runs afterwards, the socket is closed without
+ * QUIT, memory is released once the loop has run the close callbacks. For
+ * shutting down with deliveries under way. */
+void client_abort(struct client_conn *c);
 
 #endif
