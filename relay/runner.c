@@ -1,0 +1,1573 @@
+/* runner.c — see runner.h.
+ *
+ * Life of a message here: a scan (worker) returns due messages with their
+ * bodies; each becomes a relay_msg whose due recipients are split into jobs,
+ * one per destination (domain, or the relayhost). dispatch() starts jobs
+ * within the limits (in total, per destination, per address, pacing). A job
+ * resolves, then walks the addresses: connect, deliver, per-recipient
+ * results. When the last job of a message ends, its outcome (attempt rows,
+ * recipient states, any DSN) is written in one transaction (worker), and
+ * only then is the message free to be picked again. So a DSN is created
+ * exactly once per failure and never lost, and a recipient is 'delivered'
+ * only once the remote 250 is on disk here. */
+#include "relay/runner.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <gnutls/gnutls.h>
+#include <uv.h>
+
+#include "core/log.h"
+#include "core/queue.h"
+#include "relay/bounce.h"
+#include "relay/dns.h"
+#include "relay/retry.h"
+#include "relay/smtp_client.h"
+
+#define RUNNER_SCAN_MAX 200         /* messages taken per scan */
+#define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
+#define RUNNER_STOP_GRACE_MS 10000  /* deliveries under way get this long at stop */
+#define RUNNER_MAX_ATTEMPTS 64      /* attempt rows kept per message and run */
+#define RUNNER_MAX_RATES 64
+#define RUNNER_TEXT_MAX 1024
+
+/* ---- settings copied from the config ------------------------------------ */
+
+struct runner_rate {
+    char key[256];                  /* domain, or "relayhost" */
+    struct config_rate rate;
+    /* sliding window state (loop thread) */
+    int64_t window_start_ms;
+    unsigned used;
+};
+
+struct runner_settings {
+    char database[4096];
+    unsigned busy_ms;
+    char helo[256];
+    char hostname[256];
+    unsigned port;
+    struct dns_options dns;
+    char dns_servers[512];
+    unsigned connect_ms, command_ms, data_ms;
+    unsigned max_deliveries, max_per_domain, max_per_ip;
+    enum client_tls_policy tls;
+    char *tls_policy;               /* "domain=policy, …" */
+    struct runner_rate rates[RUNNER_MAX_RATES];
+    size_t rate_count;
+    struct retry_params retry;
+    uint64_t delay_warning_s;
+    uint64_t keep_done_s;
+    int bounce_to;                  /* 0 sender, 1 admin, 2 both */
+    char admin[256];
+    bool has_relayhost;
+    char relayhost[256];
+    unsigned relayhost_port;
+    char *relayhost_domains;
+    bool is_relayhost_implicit;
+    bool is_relayhost_verify;
+    char relay_user[256];
+    char relay_password[256];
+    bool has_relay_auth;
+};
+
+/* ---- runtime structures -------------------------------------------------- */
+
+struct relay_msg;
+
+struct runner_rcpt {
+    int64_t id;
+    char address[512];
+    unsigned attempts;
+    /* outcome of this run */
+    bool is_done;                   /* a result is known */
+    enum retry_outcome outcome;
+    char status[16];
+    char error[RUNNER_TEXT_MAX];    /* the reply / local error */
+    char remote_mta[256];
+    bool is_remote;
+};
+
+struct runner_attempt {
+    int64_t recipient_id;
+    char domain[256], host[256], address[80], step[16], tls[96], outcome[16];
+    char reply[RUNNER_TEXT_MAX];
+};
+
+struct relay_msg {
+    struct queue_due due;           /* rcpts moved into rcpt[] */
+    uint8_t *body;
+    size_t body_len;
+    struct runner_rcpt *rcpt;
+    size_t rcpt_count;
+    size_t jobs_left;
+    struct runner_attempt *attempts;
+    size_t attempt_count;
+    struct relay_msg *next;         /* in runner->msgs */
+};
+
+struct runner_job;
+
+struct runner_job {
+    struct relay_runner *runner;
+    struct relay_msg *msg;
+    char key[256];                  /* destination: domain, or "relayhost" */
+    char domain[256];
+    bool is_relayhost;
+    size_t *rcpt_idx;
+    size_t rcpt_n;
+    const char **rcpt_addrs;        /* for client_txn */
+    bool is_started;
+    /* the route */
+    struct dns_route route;
+    size_t host_i, addr_i;
+    bool is_plain_retry;            /* opportunistic TLS failed: same address, no TLS */
+    char last_error[RUNNER_TEXT_MAX];
+    char last_step[16];
+    int last_code;
+    char cur_addr[80];
+    char cur_host[256];
+    struct client_options opts;
+    struct client_conn *conn;
+    bool is_counted_ip;
+    bool is_resolving;              /* a DNS or relayhost lookup is under way */
+    uv_getaddrinfo_t gai;
+    struct runner_job *next;        /* pending or active list */
+};
+
+struct runner_count {
+    char key[256];
+    unsigned n;
+};
+
+enum runner_db_kind { RUNNER_DB_SCAN, RUNNER_DB_RECORD };
+
+struct runner_db_job {
+    uv_work_t work;
+    struct relay_runner *runner;
+    enum runner_db_kind kind;
+    int status;
+    /* scan */
+    int64_t *skip_ids;
+    size_t skip_count;
+    struct queue_due *due;
+    size_t due_count;
+    uint8_t **bodies;
+    size_t *body_lens;
+    int64_t next_due;
+    /* record */
+    struct relay_msg *msg;
+    struct queue_outcome outcome;
+    struct queue_attempt *attempt_rows;
+    struct queue_rcpt_update *updates;
+    struct queue_new_message created[2];
+    size_t created_count;
+    char created_qids[2][QUEUE_ID_SIZE];
+    uint8_t *created_data[2];
+    const char *created_rcpts[2][2];
+    struct runner_db_job *next;
+};
+
+struct relay_runner {
+    struct runner_settings set;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wake_async;
+    uv_async_t stop_async;
+    uv_timer_t scan_timer;
+    uv_timer_t grace_timer;
+    struct dns_resolver *dns;
+    gnutls_certificate_credentials_t creds;
+    struct queue_store *store;      /* used by one worker job at a time */
+
+    struct relay_msg *msgs;         /* in flight */
+    struct runner_job *pending;     /* not started yet */
+    struct runner_job *active;
+    size_t active_count;
+    struct runner_count per_key[256];
+    size_t per_key_count;
+    struct runner_count per_ip[256];
+    size_t per_ip_count;
+
+    struct runner_db_job *db_queue; /* FIFO, head runs */
+    struct runner_db_job *db_tail;
+    bool is_db_busy;
+    bool is_scan_queued;
+    bool is_rescan_wanted;
+    bool is_stopping;
+    bool is_closed;
+    atomic_bool is_started;
+};
+
+static void runner_dispatch(struct relay_runner *r);
+static void runner_scan(struct relay_runner *r);
+static void runner_job_next_address(struct runner_job *job);
+static void runner_job_finish(struct runner_job *job);
+static void runner_maybe_close(struct relay_runner *r);
+static void runner_on_scan_timer(uv_timer_t *t);
+static void runner_on_pace_timer(uv_timer_t *t);
+static void runner_msg_drop(struct relay_runner *r, struct relay_msg *m);
+
+static int64_t runner_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* Copy, truncating to size (text only ever shown to admins). */
+static void runner_copy(char *out, size_t size, const char *in)
+{
+    size_t n = in != NULL ? strlen(in) : 0;
+    if (n >= size)
+        n = size - 1;
+    if (n > 0)
+        memcpy(out, in, n);
+    out[n] = '\0';
+}
+
+/* ---- counters per destination and per address --------------------------- */
+
+static struct runner_count *runner_count_find(struct runner_count *arr, size_t *n, size_t cap,
+                                              const char *key, bool create)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(arr[i].key, key) == 0)
+            return &arr[i];
+    if (!create)
+        return NULL;
+    for (size_t i = 0; i < *n; i++) /* reuse a slot at zero */
+        if (arr[i].n == 0) {
+            runner_copy(arr[i].key, sizeof(arr[i].key), key);
+            return &arr[i];
+        }
+    if (*n == cap)
+        return NULL;
+    runner_copy(arr[*n].key, sizeof(arr[*n].key), key);
+    arr[*n].n = 0;
+    return &arr[(*n)++];
+}
+
+static unsigned runner_count_get(struct runner_count *arr, size_t *n, const char *key)
+{
+    struct runner_count *c = runner_count_find(arr, n, 256, key, false);
+    return c != NULL ? c->n : 0;
+}
+
+static void runner_count_add(struct runner_count *arr, size_t *n, const char *key, int delta)
+{
+    struct runner_count *c = runner_count_find(arr, n, 256, key, true);
+    if (c == NULL)
+        return; /* more than 256 destinations at once: not counted, not limited */
+    if (delta < 0 && c->n == 0)
+        return;
+    c->n = (unsigned)((int)c->n + delta);
+}
+
+/* ---- settings ------------------------------------------------------------ */
+
+static int runner_read_credentials(struct runner_settings *s, const char *path, char *err,
+                                   size_t err_size)
+{
+    FILE *fp = fopen(path, "re");
+    if (fp == NULL) {
+        snprintf(err, err_size, "[relay] relayhost_credentials %s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fileno(fp), &st) == 0 && (st.st_mode & 0077) != 0)
+        log_warn(NULL, "[relay] relayhost_credentials %s is readable by others (mode %03o): "
+                       "chmod 600 it",
+                 path, (unsigned)(st.st_mode & 0777));
+    char line[600];
+    bool ok = fgets(line, sizeof(line), fp) != NULL;
+    fclose(fp);
+    char *colon = ok ? strchr(line, ':') : NULL;
+    if (colon == NULL) {
+        snprintf(err, err_size, "[relay] relayhost_credentials %s: expected one line USER:PASSWORD",
+                 path);
+        explicit_bzero(line, sizeof(line));
+        return -1;
+    }
+    *colon = '\0';
+    line[strcspn(colon + 1, "\r\n") + (size_t)(colon + 1 - line)] = '\0';
+    runner_copy(s->relay_user, sizeof(s->relay_user), line);
+    runner_copy(s->relay_password, sizeof(s->relay_password), colon + 1);
+    explicit_bzero(line, sizeof(line));
+    if (s->relay_user[0] == '\0' || s->relay_password[0] == '\0') {
+        snprintf(err, err_size, "[relay] relayhost_credentials %s: empty user or password", path);
+        return -1;
+    }
+    s->has_relay_auth = true;
+    return 0;
+}
+
+static int runner_settings_load(struct runner_settings *s, const struct config *cfg, char *err,
+                                size_t err_size)
+{
+    runner_copy(s->database, sizeof(s->database), cfg->database);
+    s->busy_ms = (unsigned)cfg->queue_busy_timeout_ms;
+    runner_copy(s->hostname, sizeof(s->hostname), cfg->hostname);
+    runner_copy(s->helo, sizeof(s->helo),
+                cfg->relay_helo_name[0] != '\0' ? cfg->relay_helo_name : cfg->hostname);
+    s->port = cfg->relay_port;
+    runner_copy(s->dns_servers, sizeof(s->dns_servers), cfg->relay_dns_servers);
+    s->dns.servers = s->dns_servers;
+    s->dns.family = (enum dns_family_policy)cfg->relay_ip_family;
+    s->dns.timeout_ms = (unsigned)cfg->relay_dns_timeout_ms;
+    s->dns.tries = 2;
+    s->connect_ms = (unsigned)cfg->relay_connect_timeout_ms;
+    s->command_ms = (unsigned)cfg->relay_command_timeout_ms;
+    s->data_ms = (unsigned)cfg->relay_data_timeout_ms;
+    s->max_deliveries = cfg->relay_max_deliveries;
+    s->max_per_domain = cfg->relay_max_per_domain;
+    s->max_per_ip = cfg->relay_max_per_ip;
+    s->tls = (enum client_tls_policy)cfg->relay_tls;
+    s->tls_policy = strdup(cfg->relay_tls_policy);
+    s->relayhost_domains = strdup(cfg->relay_relayhost_domains);
+    if (s->tls_policy == NULL || s->relayhost_domains == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    const char *p = cfg->relay_rate_limit;
+    char key[256], value[64];
+    while (s->rate_count < RUNNER_MAX_RATES &&
+           config_map_next(&p, key, sizeof(key), value, sizeof(value)) > 0) {
+        struct runner_rate *rt = &s->rates[s->rate_count];
+        if (config_parse_rate(value, &rt->rate) == 0) {
+            runner_copy(rt->key, sizeof(rt->key), key);
+            s->rate_count++;
+        }
+    }
+    s->retry.first_backoff_s = (unsigned)(cfg->relay_retry_first_ms / 1000);
+    s->retry.max_backoff_s = (unsigned)(cfg->relay_retry_max_ms / 1000);
+    s->retry.max_lifetime_s = (unsigned)(cfg->relay_max_lifetime_ms / 1000);
+    s->delay_warning_s = cfg->relay_delay_warning_ms / 1000;
+    s->keep_done_s = cfg->relay_keep_done_ms / 1000;
+    s->bounce_to = cfg->relay_bounce_to;
+    runner_copy(s->admin, sizeof(s->admin), cfg->relay_admin_address);
+    if (s->bounce_to != 0 && s->admin[0] == '\0') {
+        snprintf(err, err_size, "[relay] bounce_to needs [relay] admin_address");
+        return -1;
+    }
+    if (cfg->relay_relayhost[0] != '\0') {
+        if (config_split_hostport(cfg->relay_relayhost, s->relayhost, sizeof(s->relayhost),
+                                  &s->relayhost_port) < 0) {
+            snprintf(err, err_size, "[relay] relayhost: expected HOST:PORT");
+            return -1;
+        }
+        s->has_relayhost = true;
+        s->is_relayhost_implicit = cfg->relay_relayhost_security == 1;
+        s->is_relayhost_verify = cfg->relay_relayhost_verify;
+        if (cfg->relay_relayhost_credentials[0] != '\0' &&
+            runner_read_credentials(s, cfg->relay_relayhost_credentials, err, err_size) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void runner_settings_free(struct runner_settings *s)
+{
+    free(s->tls_policy);
+    free(s->relayhost_domains);
+    explicit_bzero(s->relay_password, sizeof(s->relay_password));
+}
+
+/* Does a comma list of domains contain domain (case-insensitive)? */
+static bool runner_list_has(const char *list, const char *domain)
+{
+    size_t dlen = strlen(domain);
+    const char *p = list;
+    while (*p != '\0') {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        size_t n = strcspn(p, ", \t");
+        if (n == dlen && strncasecmp(p, domain, n) == 0)
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+static enum client_tls_policy runner_tls_for(const struct runner_settings *s, const char *domain)
+{
+    const char *p = s->tls_policy;
+    char key[256], value[32];
+    while (config_map_next(&p, key, sizeof(key), value, sizeof(value)) > 0) {
+        if (strcasecmp(key, domain) != 0)
+            continue;
+        if (strcmp(value, "none") == 0)
+            return CLIENT_TLS_NONE;
+        if (strcmp(value, "require") == 0)
+            return CLIENT_TLS_REQUIRE;
+        if (strcmp(value, "verify") == 0)
+            return CLIENT_TLS_VERIFY;
+        return CLIENT_TLS_OPPORTUNISTIC;
+    }
+    return s->tls;
+}
+
+static bool runner_uses_relayhost(const struct runner_settings *s, const char *domain)
+{
+    if (!s->has_relayhost)
+        return false;
+    return s->relayhost_domains[0] == '\0' || runner_list_has(s->relayhost_domains, domain);
+}
+
+/* ---- pacing -------------------------------------------------------------- */
+
+static int64_t runner_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Can key send one more message with rcpts recipients now? If not, *wait_ms
+ * says how long until the window turns. */
+static bool runner_rate_allows(struct relay_runner *r, const char *key, size_t rcpts,
+                               int64_t *wait_ms)
+{
+    int64_t now = runner_now_ms();
+    for (size_t i = 0; i < r->set.rate_count; i++) {
+        struct runner_rate *rt = &r->set.rates[i];
+        if (strcmp(rt->key, key) != 0)
+            continue;
+        if (now - rt->window_start_ms >= (int64_t)rt->rate.period_ms) {
+            rt->window_start_ms = now;
+            rt->used = 0;
+        }
+        unsigned need = rt->rate.is_recipients ? (unsigned)rcpts : 1;
+        /* a single message bigger than the whole allowance still goes, alone */
+        if (rt->used > 0 && rt->used + need > rt->rate.count) {
+            *wait_ms = rt->window_start_ms + (int64_t)rt->rate.period_ms - now;
+            return false;
+        }
+    }
+    return true;
+}
+
+static void runner_rate_take(struct relay_runner *r, const char *key, size_t rcpts)
+{
+    for (size_t i = 0; i < r->set.rate_count; i++) {
+        struct runner_rate *rt = &r->set.rates[i];
+        if (strcmp(rt->key, key) == 0)
+            rt->used += rt->rate.is_recipients ? (unsigned)rcpts : 1;
+    }
+}
+
+/* ---- the database worker: one job at a time ------------------------------ */
+
+static void runner_db_run_next(struct relay_runner *r);
+
+static void runner_db_work(uv_work_t *w)
+{
+    struct runner_db_job *j = w->data;
+    struct relay_runner *r = j->runner;
+    if (r->store == NULL) {
+        j->status = queue_store_open(r->set.database, r->set.busy_ms, &r->store);
+        if (j->status < 0)
+            return;
+    }
+    if (j->kind == RUNNER_DB_RECORD) {
+        j->status = queue_store_record(r->store, &j->outcome);
+        return;
+    }
+    /* scan */
+    int64_t now = runner_now();
+    size_t purged = 0;
+    if (queue_store_purge_done(r->store, now - (int64_t)r->set.keep_done_s, &purged) == 0 &&
+        purged > 0)
+        log_info(NULL, "queue: removed %zu finished message%s older than keep_done", purged,
+                 purged == 1 ? "" : "s");
+    j->status = queue_store_due(r->store, now, RUNNER_SCAN_MAX, NULL, NULL, &j->due,
+                                &j->due_count);
+    if (j->status < 0)
+        return;
+    /* drop the ones in flight (their outcome is not written yet) */
+    size_t kept = 0;
+    for (size_t i = 0; i < j->due_count; i++) {
+        bool is_in_flight = false;
+        for (size_t k = 0; k < j->skip_count; k++)
+            if (j->skip_ids[k] == j->due[i].id)
+                is_in_flight = true;
+        if (is_in_flight)
+            free(j->due[i].rcpts);
+        else
+            j->due[kept++] = j->due[i];
+    }
+    j->due_count = kept;
+    j->bodies = calloc(kept ? kept : 1, sizeof(*j->bodies));
+    j->body_lens = calloc(kept ? kept : 1, sizeof(*j->body_lens));
+    if (j->bodies == NULL || j->body_lens == NULL) {
+        j->status = -ENOMEM;
+        return;
+    }
+    for (size_t i = 0; i < kept; i++) {
+        int rc = queue_store_body(r->store, j->due[i].id, &j->bodies[i], &j->body_lens[i]);
+        if (rc < 0)
+            j->bodies[i] = NULL; /* deleted meanwhile: skipped below */
+    }
+    if (queue_store_next_due(r->store, &j->next_due) < 0)
+        j->next_due = now + RUNNER_MAX_RESCAN_MS / 1000;
+}
+
+static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j);
+static void runner_on_record_done(struct relay_runner *r, struct runner_db_job *j);
+
+static void runner_db_after(uv_work_t *w, int status)
+{
+    struct runner_db_job *j = w->data;
+    struct relay_runner *r = j->runner;
+    (void)status;
+    r->is_db_busy = false;
+    r->db_queue = j->next;
+    if (r->db_queue == NULL)
+        r->db_tail = NULL;
+    if (j->kind == RUNNER_DB_SCAN)
+        runner_on_scan_done(r, j);
+    else
+        runner_on_record_done(r, j);
+    runner_db_run_next(r);
+    runner_maybe_close(r);
+}
+
+static void runner_db_run_next(struct relay_runner *r)
+{
+    if (r->is_db_busy || r->db_queue == NULL)
+        return;
+    r->is_db_busy = true;
+    struct runner_db_job *j = r->db_queue;
+    j->work.data = j;
+    if (uv_queue_work(&r->loop, &j->work, runner_db_work, runner_db_after) != 0) {
+        r->is_db_busy = false;
+        log_err(NULL, "relay: cannot queue database work");
+    }
+}
+
+static void runner_db_submit(struct relay_runner *r, struct runner_db_job *j)
+{
+    j->runner = r;
+    j->next = NULL;
+    if (r->db_tail != NULL)
+        r->db_tail->next = j;
+    else
+        r->db_queue = j;
+    r->db_tail = j;
+    runner_db_run_next(r);
+}
+
+/* ---- scanning ------------------------------------------------------------ */
+
+static void runner_scan(struct relay_runner *r)
+{
+    if (r->is_stopping)
+        return;
+    if (r->is_scan_queued) {
+        r->is_rescan_wanted = true;
+        return;
+    }
+    struct runner_db_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return;
+    j->kind = RUNNER_DB_SCAN;
+    size_t n = 0;
+    for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
+        n++;
+    j->skip_ids = calloc(n ? n : 1, sizeof(*j->skip_ids));
+    if (j->skip_ids == NULL) {
+        free(j);
+        return;
+    }
+    for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
+        j->skip_ids[j->skip_count++] = m->due.id;
+    r->is_scan_queued = true;
+    r->is_rescan_wanted = false;
+    runner_db_submit(r, j);
+}
+
+static const char *runner_domain_of(const char *address)
+{
+    const char *at = strrchr(address, '@');
+    return at != NULL ? at + 1 : "";
+}
+
+static void runner_msg_free(struct relay_msg *m)
+{
+    free(m->body);
+    free(m->rcpt);
+    free(m->attempts);
+    free(m);
+}
+
+static void runner_job_free(struct runner_job *job)
+{
+    free(job->rcpt_idx);
+    free(job->rcpt_addrs);
+    free(job);
+}
+
+/* Forget a message (in memory only). */
+static void runner_msg_drop(struct relay_runner *r, struct relay_msg *m)
+{
+    for (struct relay_msg **p = &r->msgs; *p != NULL; p = &(*p)->next)
+        if (*p == m) {
+            *p = m->next;
+            break;
+        }
+    runner_msg_free(m);
+}
+
+/* Split a message's due recipients into one job per destination. */
+static int runner_msg_plan(struct relay_runner *r, struct relay_msg *m)
+{
+    for (size_t i = 0; i < m->rcpt_count; i++) {
+        if (m->rcpt[i].is_done)
+            continue;
+        const char *domain = runner_domain_of(m->rcpt[i].address);
+        bool via_relayhost = runner_uses_relayhost(&r->set, domain);
+        const char *key = via_relayhost ? "relayhost" : domain;
+        /* a job of this message for the same destination already? */
+        struct runner_job *job = NULL;
+        for (struct runner_job *p = r->pending; p != NULL; p = p->next)
+            if (p->msg == m && strcasecmp(p->key, key) == 0)
+                job = p;
+        if (job == NULL) {
+            job = calloc(1, sizeof(*job));
+            if (job == NULL)
+                return -ENOMEM;
+            job->runner = r;
+            job->msg = m;
+            job->is_relayhost = via_relayhost;
+            runner_copy(job->key, sizeof(job->key), key);
+            runner_copy(job->domain, sizeof(job->domain), via_relayhost ? r->set.relayhost : domain);
+            job->rcpt_idx = calloc(m->rcpt_count, sizeof(*job->rcpt_idx));
+            job->rcpt_addrs = calloc(m->rcpt_count, sizeof(*job->rcpt_addrs));
+            if (job->rcpt_idx == NULL || job->rcpt_addrs == NULL) {
+                runner_job_free(job);
+                return -ENOMEM;
+            }
+            /* append to pending (FIFO: oldest message first) */
+            struct runner_job **tail = &r->pending;
+            while (*tail != NULL)
+                tail = &(*tail)->next;
+            *tail = job;
+            m->jobs_left++;
+        }
+        job->rcpt_addrs[job->rcpt_n] = m->rcpt[i].address;
+        job->rcpt_idx[job->rcpt_n++] = i;
+    }
+    return 0;
+}
+
+static void runner_record(struct relay_runner *r, struct relay_msg *m);
+
+static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
+{
+    r->is_scan_queued = false;
+    if (j->status < 0)
+        log_warn(NULL, "relay: queue scan failed (%s); retrying soon",
+                 j->status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
+    for (size_t i = 0; i < j->due_count; i++) {
+        struct queue_due *d = &j->due[i];
+        if (r->is_stopping || j->bodies[i] == NULL) {
+            free(d->rcpts);
+            free(j->bodies[i]);
+            continue;
+        }
+        struct relay_msg *m = calloc(1, sizeof(*m));
+        struct runner_rcpt *rc = calloc(d->rcpt_count, sizeof(*rc));
+        if (m == NULL || rc == NULL) {
+            free(m);
+            free(rc);
+            free(d->rcpts);
+            free(j->bodies[i]);
+            continue;
+        }
+        m->due = *d;
+        m->due.rcpts = NULL;
+        m->body = j->bodies[i];
+        m->body_len = j->body_lens[i];
+        m->rcpt = rc;
+        m->rcpt_count = d->rcpt_count;
+        for (size_t k = 0; k < d->rcpt_count; k++) {
+            rc[k].id = d->rcpts[k].id;
+            runner_copy(rc[k].address, sizeof(rc[k].address), d->rcpts[k].address);
+            rc[k].attempts = d->rcpts[k].attempts;
+        }
+        free(d->rcpts);
+        m->next = r->msgs;
+        r->msgs = m;
+        if (runner_msg_plan(r, m) < 0)
+            log_warn(m->due.qid, "relay: out of memory planning the delivery");
+        if (m->jobs_left == 0)
+            runner_msg_drop(r, m); /* nothing recorded: tried again at the next scan */
+    }
+    free(j->due);
+    free(j->bodies);
+    free(j->body_lens);
+    free(j->skip_ids);
+    /* next look: when the earliest deferred recipient is due, at the latest
+     * after RUNNER_MAX_RESCAN_MS */
+    if (!r->is_stopping) {
+        int64_t now = runner_now();
+        uint64_t delay_ms = RUNNER_MAX_RESCAN_MS;
+        if (j->status == 0 && j->next_due != INT64_MAX && j->next_due > now &&
+            (uint64_t)(j->next_due - now) * 1000 < delay_ms)
+            delay_ms = (uint64_t)(j->next_due - now) * 1000;
+        if (j->status < 0)
+            delay_ms = 5000;
+        uv_timer_stop(&r->scan_timer);
+        uv_timer_start(&r->scan_timer, runner_on_scan_timer, delay_ms, 0);
+    }
+    bool again = r->is_rescan_wanted;
+    free(j);
+    runner_dispatch(r);
+    if (again)
+        runner_scan(r);
+}
+
+static void runner_on_scan_timer(uv_timer_t *t)
+{
+    runner_scan(t->data);
+}
+
+/* ---- outcomes ------------------------------------------------------------ */
+
+static void runner_add_attempt(struct relay_msg *m, int64_t recipient_id, const char *domain,
+                               const char *host, const char *address, const char *step,
+                               const char *tls, const char *reply, const char *outcome)
+{
+    if (m->attempt_count == RUNNER_MAX_ATTEMPTS)
+        return;
+    struct runner_attempt *n = realloc(m->attempts, (m->attempt_count + 1) * sizeof(*n));
+    if (n == NULL)
+        return;
+    m->attempts = n;
+    struct runner_attempt *a = &n[m->attempt_count++];
+    memset(a, 0, sizeof(*a));
+    a->recipient_id = recipient_id;
+    runner_copy(a->domain, sizeof(a->domain), domain);
+    runner_copy(a->host, sizeof(a->host), host);
+    runner_copy(a->address, sizeof(a->address), address);
+    runner_copy(a->step, sizeof(a->step), step);
+    runner_copy(a->tls, sizeof(a->tls), tls);
+    runner_copy(a->reply, sizeof(a->reply), reply);
+    runner_copy(a->outcome, sizeof(a->outcome), outcome);
+}
+
+static void runner_rcpt_set(struct runner_rcpt *rc, enum retry_outcome o, const char *status,
+                            const char *error, const char *remote_mta, bool is_remote)
+{
+    rc->is_done = true;
+    rc->outcome = o;
+    runner_copy(rc->status, sizeof(rc->status), status);
+    runner_copy(rc->error, sizeof(rc->error), error);
+    runner_copy(rc->remote_mta, sizeof(rc->remote_mta), remote_mta);
+    rc->is_remote = is_remote;
+}
+
+/* Status for a reply: its own enhanced code, else one from the basic code. */
+static const char *runner_reply_status(const struct client_reply *rep)
+{
+    return rep->enhanced[0] != '\0' ? rep->enhanced : retry_default_status(rep->code);
+}
+
+/* "550 5.1.1 text" for the log and queue show; local errors as they are. */
+static void runner_reply_text(const struct client_reply *rep, char *out, size_t out_size)
+{
+    if (rep->code == 0 || (rep->text[0] >= '0' && rep->text[0] <= '9'))
+        snprintf(out, out_size, "%s", rep->text);
+    else
+        snprintf(out, out_size, "%d %s", rep->code, rep->text);
+}
+
+/* Every recipient of the job not yet decided gets this outcome. */
+static void runner_job_settle_all(struct runner_job *job, enum retry_outcome o, const char *status,
+                                  const char *error, bool is_remote)
+{
+    for (size_t i = 0; i < job->rcpt_n; i++) {
+        struct runner_rcpt *rc = &job->msg->rcpt[job->rcpt_idx[i]];
+        if (!rc->is_done)
+            runner_rcpt_set(rc, o, status, error, job->cur_host, is_remote);
+    }
+}
+
+/* ---- DSN ------------------------------------------------------------------ */
+
+/* Compose a DSN (failed or delayed) into j->created[slot]. */
+static int runner_make_dsn(struct relay_runner *r, struct relay_msg *m, struct runner_db_job *j,
+                           enum bounce_kind kind)
+{
+    const char *to[2];
+    size_t nto = 0;
+    bool to_sender = r->set.bounce_to == 0 || r->set.bounce_to == 2;
+    bool to_admin = r->set.bounce_to == 1 || r->set.bounce_to == 2;
+    if (to_sender && m->due.sender[0] != '\0')
+        to[nto++] = m->due.sender;
+    if (to_admin && r->set.admin[0] != '\0' &&
+        (nto == 0 || strcasecmp(r->set.admin, m->due.sender) != 0))
+        to[nto++] = r->set.admin;
+    if (nto == 0) {
+        log_info(m->due.qid, "no %s notice: null sender and no admin address",
+                 kind == BOUNCE_FAILED ? "bounce" : "delay");
+        return 0;
+    }
+    size_t n = 0;
+    struct bounce_rcpt *br = calloc(m->rcpt_count, sizeof(*br));
+    if (br == NULL)
+        return -ENOMEM;
+    int64_t now = runner_now();
+    for (size_t i = 0; i < m->rcpt_count; i++) {
+        struct runner_rcpt *rc = &m->rcpt[i];
+        bool wanted = kind == BOUNCE_FAILED ? rc->is_done && rc->outcome == RETRY_BOUNCE
+                                            : rc->is_done && rc->outcome == RETRY_DEFER;
+        if (!wanted)
+            continue;
+        br[n].rcpt = rc->address;
+        br[n].status = rc->status;
+        br[n].remote_mta = rc->remote_mta[0] != '\0' ? rc->remote_mta : NULL;
+        br[n].diagnostic = rc->error;
+        br[n].is_remote_reply = rc->is_remote;
+        br[n].last_attempt_at = now;
+        n++;
+    }
+    if (n == 0) {
+        free(br);
+        return 0;
+    }
+    size_t slot = j->created_count;
+    queue_id_new(j->created_qids[slot]);
+    char from[300], message_id[400];
+    snprintf(from, sizeof(from), "MAILER-DAEMON@%s", r->set.hostname);
+    snprintf(message_id, sizeof(message_id), "<%s.%s@%s>", j->created_qids[slot],
+             kind == BOUNCE_FAILED ? "dsn" : "delay", r->set.hostname);
+    struct bounce_input in = {
+        .kind = kind,
+        .reporting_mta = r->set.hostname,
+        .qid = m->due.qid,
+        .from = from,
+        .to = to[0],
+        .orig_sender = m->due.sender,
+        .arrival_at = m->due.created_at,
+        .now = now,
+        .message_id = message_id,
+        .rcpts = br,
+        .rcpt_count = n,
+        .orig = m->body,
+        .orig_len = m->body_len,
+        .retry_until = kind == BOUNCE_DELAYED
+                           ? m->due.created_at + (int64_t)r->set.retry.max_lifetime_s
+                           : 0,
+    };
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc = bounce_compose(&in, &data, &len);
+    free(br);
+    if (rc < 0) {
+        log_err(m->due.qid, "cannot compose the %s notice (%d)",
+                kind == BOUNCE_FAILED ? "bounce" : "delay", rc);
+        return rc;
+    }
+    j->created_data[slot] = data;
+    for (size_t i = 0; i < nto; i++)
+        j->created_rcpts[slot][i] = to[i];
+    j->created[slot] = (struct queue_new_message){
+        .qid = j->created_qids[slot],
+        .kind = kind == BOUNCE_FAILED ? "dsn" : "warning",
+        .sender = "",
+        .recipients = j->created_rcpts[slot],
+        .recipient_count = nto,
+        .data = data,
+        .data_len = len,
+    };
+    j->created_count++;
+    return 0;
+}
+
+static const char *runner_state_word(enum retry_outcome o)
+{
+    switch (o) {
+    case RETRY_DELIVERED: return "delivered";
+    case RETRY_BOUNCE: return "bounced";
+    case RETRY_DEFER: return "deferred";
+    }
+    return "deferred";
+}
+
+/* All jobs of m are over: write what happened (one transaction). */
+static void runner_record(struct relay_runner *r, struct relay_msg *m)
+{
+    struct runner_db_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return; /* not recorded: retried at next scan (message stays in memory until stop) */
+    j->kind = RUNNER_DB_RECORD;
+    j->msg = m;
+    int64_t now = runner_now();
+    bool is_expired = retry_is_expired(&r->set.retry, m->due.created_at, now);
+    bool has_bounce = false, has_defer = false;
+    j->updates = calloc(m->rcpt_count ? m->rcpt_count : 1, sizeof(*j->updates));
+    j->attempt_rows = calloc(m->attempt_count ? m->attempt_count : 1, sizeof(*j->attempt_rows));
+    if (j->updates == NULL || j->attempt_rows == NULL) {
+        free(j->updates);
+        free(j->attempt_rows);
+        free(j);
+        return;
+    }
+    size_t nu = 0;
+    for (size_t i = 0; i < m->rcpt_count; i++) {
+        struct runner_rcpt *rc = &m->rcpt[i];
+        if (!rc->is_done) /* no job reached it (stopping): leave it as it is */
+            continue;
+        if (rc->outcome == RETRY_DEFER && is_expired) {
+            char why[RUNNER_TEXT_MAX];
+            snprintf(why, sizeof(why), "gave up after the maximum queue lifetime; last error: %.960s",
+                     rc->error);
+            runner_copy(rc->error, sizeof(rc->error), why);
+            rc->outcome = RETRY_BOUNCE;
+            rc->is_remote = false;
+            if (rc->status[0] == '4')
+                rc->status[0] = '5';
+        }
+        has_bounce |= rc->outcome == RETRY_BOUNCE;
+        has_defer |= rc->outcome == RETRY_DEFER;
+        struct queue_rcpt_update *u = &j->updates[nu++];
+        u->recipient_id = rc->id;
+        u->state = runner_state_word(rc->outcome);
+        u->next_attempt_at = rc->outcome == RETRY_DEFER
+                                 ? retry_next_at(&r->set.retry, rc->attempts + 1, now)
+                                 : 0;
+        u->dsn_status = rc->status;
+        u->last_error = rc->outcome == RETRY_DELIVERED ? "" : rc->error;
+        /* the admin's log line, Postfix's field names */
+        char esc[RUNNER_TEXT_MAX];
+        log_escape(rc->error, strlen(rc->error), esc, sizeof(esc));
+        log_info(m->due.qid, "to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", rc->address,
+                 rc->remote_mta[0] != '\0' ? rc->remote_mta : "none",
+                 (long long)(now - m->due.created_at), rc->status,
+                 rc->outcome == RETRY_DELIVERED ? "sent" : runner_state_word(rc->outcome), esc);
+    }
+    bool may_notify = strcmp(m->due.kind, "message") == 0; /* never a DSN about a DSN */
+    if (has_bounce && may_notify)
+        runner_make_dsn(r, m, j, BOUNCE_FAILED);
+    bool is_warned = false;
+    if (has_defer && may_notify && r->set.delay_warning_s > 0 && m->due.warned_at == 0 &&
+        now - m->due.created_at >= (int64_t)r->set.delay_warning_s) {
+        /* marked even when nobody could be told (null sender): once only */
+        is_warned = runner_make_dsn(r, m, j, BOUNCE_DELAYED) == 0;
+    }
+    for (size_t i = 0; i < m->attempt_count; i++) {
+        struct runner_attempt *a = &m->attempts[i];
+        j->attempt_rows[i] = (struct queue_attempt){
+            .recipient_id = a->recipient_id, .domain = a->domain, .host = a->host,
+            .address = a->address, .step = a->step, .tls = a->tls, .reply = a->reply,
+            .outcome = a->outcome};
+    }
+    j->outcome = (struct queue_outcome){
+        .message_id = m->due.id,
+        .now = now,
+        .attempts = j->attempt_rows,
+        .attempt_count = m->attempt_count,
+        .rcpts = j->updates,
+        .rcpt_count = nu,
+        .created = j->created,
+        .created_count = j->created_count,
+        .is_warned = is_warned,
+    };
+    runner_db_submit(r, j);
+}
+
+static void runner_on_record_done(struct relay_runner *r, struct runner_db_job *j)
+{
+    struct relay_msg *m = j->msg;
+    if (j->status < 0)
+        log_warn(m->due.qid, "delivery result not recorded (%s): the message will be tried again",
+                 j->status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
+    else
+        for (size_t i = 0; i < j->created_count; i++)
+            log_info(j->created_qids[i], "%s for %s created", 
+                     strcmp(j->created[i].kind, "dsn") == 0 ? "bounce" : "delay warning",
+                     m->due.qid);
+    bool has_new = j->status == 0 && j->created_count > 0;
+    for (size_t i = 0; i < j->created_count; i++)
+        free(j->created_data[i]);
+    free(j->updates);
+    free(j->attempt_rows);
+    free(j);
+    runner_msg_drop(r, m); /* it may be picked again by the next scan */
+    if (has_new)
+        runner_scan(r);
+}
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+static void runner_job_unlink(struct runner_job **list, struct runner_job *job)
+{
+    for (struct runner_job **p = list; *p != NULL; p = &(*p)->next)
+        if (*p == job) {
+            *p = job->next;
+            job->next = NULL;
+            return;
+        }
+}
+
+/* A job is over: counters, its message, what may start now. */
+static void runner_job_finish(struct runner_job *job)
+{
+    struct relay_runner *r = job->runner;
+    if (job->is_counted_ip) {
+        runner_count_add(r->per_ip, &r->per_ip_count, job->cur_addr, -1);
+        job->is_counted_ip = false;
+    }
+    runner_job_unlink(&r->active, job);
+    r->active_count--;
+    runner_count_add(r->per_key, &r->per_key_count, job->key, -1);
+    struct relay_msg *m = job->msg;
+    runner_job_free(job);
+    if (--m->jobs_left == 0)
+        runner_record(r, m); /* also while stopping: what is known is written */
+    runner_dispatch(r);
+    runner_maybe_close(r);
+}
+
+static void runner_job_dns_failed(struct runner_job *job, const struct dns_route *route)
+{
+    const char *status = "4.4.3";
+    enum retry_outcome o = retry_classify_dns(route->status, &status);
+    runner_copy(job->cur_host, sizeof(job->cur_host), "");
+    runner_add_attempt(job->msg, 0, job->domain, "", "", "dns", "", route->detail,
+                       retry_outcome_name(o));
+    runner_job_settle_all(job, o, status, route->detail, false);
+    runner_job_finish(job);
+}
+
+static void runner_format_addr(const struct sockaddr_storage *ss, unsigned port, char *out,
+                               size_t size)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (ss->ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof(ip));
+        snprintf(out, size, "[%s]:%u", ip, port);
+    } else {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof(ip));
+        snprintf(out, size, "%s:%u", ip, port);
+    }
+}
+
+static void runner_on_sent(struct client_conn *c, const struct client_result *res, void *arg);
+
+static void runner_job_send(struct runner_job *job)
+{
+    struct relay_msg *m = job->msg;
+    struct client_txn txn = {
+        .sender = m->due.sender,
+        .rcpts = job->rcpt_addrs,
+        .rcpt_count = job->rcpt_n,
+        .body = m->body,
+        .body_len = m->body_len,
+        .is_8bit = true,
+    };
+    if (client_send(job->conn, &txn, runner_on_sent, job) < 0) {
+        client_close(job->conn);
+        job->conn = NULL;
+        runner_copy(job->last_error, sizeof(job->last_error), "cannot start the transaction");
+        runner_job_next_address(job);
+    }
+}
+
+static void runner_on_sent(struct client_conn *c, const struct client_result *res, void *arg)
+{
+    struct runner_job *job = arg;
+    struct relay_msg *m = job->msg;
+    const char *step = client_step_name(res->step);
+    char text[RUNNER_TEXT_MAX];
+    runner_reply_text(&res->reply, text, sizeof(text));
+    if (res->step != CLIENT_STEP_DONE && res->rcpt_count == 0) {
+        /* failed before any recipient result (MAIL, or the connection) */
+        enum retry_outcome o = retry_classify_reply(res->reply.code);
+        runner_add_attempt(m, 0, job->domain, job->cur_host, job->cur_addr, step, res->tls, text,
+                           retry_outcome_name(o));
+        if (res->is_connection_failure) {
+            runner_copy(job->last_error, sizeof(job->last_error), text);
+            runner_copy(job->last_step, sizeof(job->last_step), step);
+            job->last_code = res->reply.code;
+            if (res->is_reusable)
+                client_close(c);
+            job->conn = NULL;
+            job->is_plain_retry = false;
+            job->addr_i++;
+            runner_job_next_address(job);
+            return;
+        }
+        runner_job_settle_all(job, o, runner_reply_status(&res->reply), text,
+                              res->reply.code != 0);
+    } else {
+        for (size_t i = 0; i < job->rcpt_n && i < res->rcpt_count; i++) {
+            struct runner_rcpt *rc = &m->rcpt[job->rcpt_idx[i]];
+            const struct client_reply *rep = &res->rcpts[i].reply;
+            char rtext[RUNNER_TEXT_MAX];
+            runner_reply_text(rep, rtext, sizeof(rtext));
+            enum retry_outcome o = retry_classify_reply(rep->code);
+            runner_rcpt_set(rc, o, runner_reply_status(rep), rtext, job->cur_host,
+                            rep->code != 0);
+            runner_add_attempt(m, rc->id, job->domain, job->cur_host, job->cur_addr,
+                               o == RETRY_DELIVERED ? "done" : step, res->tls, rtext,
+                               retry_outcome_name(o));
+        }
+        /* recipients without a result (should not happen): the step's reply */
+        runner_job_settle_all(job, retry_classify_reply(res->reply.code),
+                              runner_reply_status(&res->reply), text, res->reply.code != 0);
+    }
+    if (res->is_reusable)
+        client_close(c);
+    job->conn = NULL;
+    runner_job_finish(job);
+}
+
+static void runner_on_open(struct client_conn *c, const struct client_result *res, void *arg)
+{
+    struct runner_job *job = arg;
+    struct relay_msg *m = job->msg;
+    if (res->step == CLIENT_STEP_DONE) {
+        job->conn = c;
+        runner_job_send(job);
+        return;
+    }
+    job->conn = NULL;
+    const char *step = client_step_name(res->step);
+    char text[RUNNER_TEXT_MAX];
+    runner_reply_text(&res->reply, text, sizeof(text));
+    enum retry_outcome o = res->is_connection_failure || res->is_tls_failure
+                               ? RETRY_DEFER
+                               : retry_classify_reply(res->reply.code);
+    runner_add_attempt(m, 0, job->domain, job->cur_host, job->cur_addr, step, res->tls, text,
+                       retry_outcome_name(o));
+    runner_copy(job->last_error, sizeof(job->last_error), text);
+    runner_copy(job->last_step, sizeof(job->last_step), step);
+    job->last_code = res->reply.code;
+    if (res->is_tls_failure && job->opts.tls == CLIENT_TLS_OPPORTUNISTIC && !job->is_plain_retry) {
+        /* RFC 7435: a broken STARTTLS must not stop mail that could go in
+         * plaintext under an opportunistic policy; same host, no TLS */
+        log_info(m->due.qid, "TLS handshake with %s[%s] failed (%s); retrying without TLS",
+                 job->cur_host, job->cur_addr, text);
+        job->is_plain_retry = true;
+        runner_job_next_address(job); /* addr_i not advanced: the same address */
+        return;
+    }
+    job->is_plain_retry = false;
+    if (res->is_connection_failure || res->is_tls_failure) {
+        job->addr_i++;
+        runner_job_next_address(job);
+        return;
+    }
+    /* a permanent refusal at greeting or EHLO (5xx): the destination says no */
+    runner_job_settle_all(job, o, runner_reply_status(&res->reply), text, res->reply.code != 0);
+    runner_job_finish(job);
+}
+
+/* Back to pending, to be started again (from DNS) when a slot frees. */
+static void runner_job_requeue(struct runner_job *job)
+{
+    struct relay_runner *r = job->runner;
+    runner_job_unlink(&r->active, job);
+    r->active_count--;
+    runner_count_add(r->per_key, &r->per_key_count, job->key, -1);
+    job->is_started = false;
+    job->host_i = job->addr_i = 0;
+    job->is_plain_retry = false;
+    struct runner_job **tail = &r->pending;
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    *tail = job;
+}
+
+/* Connect to the next address of the route, or settle the job when none is
+ * left (deferred with the last error). */
+static void runner_job_next_address(struct runner_job *job)
+{
+    struct relay_runner *r = job->runner;
+    if (job->is_counted_ip) {
+        runner_count_add(r->per_ip, &r->per_ip_count, job->cur_addr, -1);
+        job->is_counted_ip = false;
+    }
+    if (r->is_stopping) {
+        runner_job_finish(job);
+        return;
+    }
+    while (job->host_i < job->route.host_count) {
+        const struct dns_host *h = &job->route.hosts[job->host_i];
+        if (job->addr_i >= h->addr_count) {
+            job->host_i++;
+            job->addr_i = 0;
+            continue;
+        }
+        unsigned port = job->is_relayhost ? r->set.relayhost_port : r->set.port;
+        struct sockaddr_storage ss = h->addrs[job->addr_i];
+        if (ss.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+        else
+            ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+        runner_format_addr(&ss, port, job->cur_addr, sizeof(job->cur_addr));
+        runner_copy(job->cur_host, sizeof(job->cur_host), h->name);
+        if (runner_count_get(r->per_ip, &r->per_ip_count, job->cur_addr) >= r->set.max_per_ip) {
+            runner_job_requeue(job); /* that address has enough of us: wait for a turn */
+            return;
+        }
+        struct client_options *o = &job->opts;
+        memset(o, 0, sizeof(*o));
+        o->helo_name = r->set.helo;
+        o->tls_creds = r->creds;
+        o->connect_timeout_ms = r->set.connect_ms;
+        o->command_timeout_ms = r->set.command_ms;
+        o->data_timeout_ms = r->set.data_ms;
+        o->log_id = job->msg->due.qid;
+        if (job->is_relayhost) {
+            o->tls = r->set.is_relayhost_verify ? CLIENT_TLS_VERIFY : CLIENT_TLS_REQUIRE;
+            o->is_implicit_tls = r->set.is_relayhost_implicit;
+            o->tls_server_name = r->set.relayhost;
+            if (r->set.has_relay_auth) {
+                o->auth_user = r->set.relay_user;
+                o->auth_password = r->set.relay_password;
+            }
+        } else {
+            o->tls = job->is_plain_retry ? CLIENT_TLS_NONE : runner_tls_for(&r->set, job->domain);
+            o->tls_server_name = h->name;
+        }
+        if (job->is_plain_retry)
+            o->tls = CLIENT_TLS_NONE;
+        struct client_conn *c = NULL;
+        if (client_open(&r->loop, (struct sockaddr *)&ss, o, runner_on_open, job, &c) < 0) {
+            runner_add_attempt(job->msg, 0, job->domain, job->cur_host, job->cur_addr, "connect",
+                               "", "cannot start a connection", "deferred");
+            job->addr_i++;
+            continue;
+        }
+        job->conn = c;
+        runner_count_add(r->per_ip, &r->per_ip_count, job->cur_addr, 1);
+        job->is_counted_ip = true;
+        return;
+    }
+    /* every address tried */
+    const char *err = job->last_error[0] != '\0' ? job->last_error
+                                                 : "no address of the destination could be used";
+    bool is_remote = job->last_code != 0;
+    const char *status = job->last_code != 0 ? retry_default_status(job->last_code) : "4.4.1";
+    if (job->last_code >= 500)
+        status = "4.0.0"; /* a 5xx at greeting on one host does not bounce while others failed */
+    runner_job_settle_all(job, RETRY_DEFER, status, err, is_remote);
+    runner_job_finish(job);
+}
+
+static void runner_on_route(const struct dns_route *route, void *arg)
+{
+    struct runner_job *job = arg;
+    job->is_resolving = false;
+    if (job->runner->is_stopping) {
+        runner_job_finish(job);
+        return;
+    }
+    if (route->status != DNS_OK) {
+        runner_job_dns_failed(job, route);
+        return;
+    }
+    job->route = *route;
+    job->host_i = job->addr_i = 0;
+    runner_job_next_address(job);
+}
+
+static void runner_on_relayhost_addr(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct runner_job *job = req->data;
+    struct dns_route route;
+    memset(&route, 0, sizeof(route));
+    if (status != 0 || res == NULL) {
+        route.status = DNS_TEMPFAIL; /* a relayhost we cannot resolve: wait, never bounce */
+        snprintf(route.detail, sizeof(route.detail), "cannot resolve relayhost %.160s: %.60s",
+                 job->runner->set.relayhost, uv_strerror(status));
+    } else {
+        route.status = DNS_OK;
+        route.host_count = 1;
+        runner_copy(route.hosts[0].name, sizeof(route.hosts[0].name), job->runner->set.relayhost);
+        for (struct addrinfo *ai = res; ai != NULL && route.hosts[0].addr_count < DNS_MAX_ADDRS;
+             ai = ai->ai_next) {
+            if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+                continue;
+            memcpy(&route.hosts[0].addrs[route.hosts[0].addr_count++], ai->ai_addr,
+                   ai->ai_addrlen);
+        }
+    }
+    uv_freeaddrinfo(res);
+    runner_on_route(&route, job);
+}
+
+static void runner_job_start(struct runner_job *job)
+{
+    struct relay_runner *r = job->runner;
+    job->is_started = true;
+    job->next = r->active;
+    r->active = job;
+    r->active_count++;
+    runner_count_add(r->per_key, &r->per_key_count, job->key, 1);
+    runner_rate_take(r, job->key, job->rcpt_n);
+    job->is_resolving = true;
+    if (job->is_relayhost) {
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+        job->gai.data = job;
+        if (uv_getaddrinfo(&r->loop, &job->gai, runner_on_relayhost_addr, r->set.relayhost, NULL,
+                           &hints) == 0)
+            return;
+        struct dns_route route = {.status = DNS_TEMPFAIL};
+        snprintf(route.detail, sizeof(route.detail), "cannot resolve relayhost %.200s",
+                 r->set.relayhost);
+        runner_on_route(&route, job);
+        return;
+    }
+    if (dns_route(r->dns, job->domain, runner_on_route, job) < 0) {
+        struct dns_route route = {.status = DNS_TEMPFAIL};
+        snprintf(route.detail, sizeof(route.detail), "cannot start a DNS lookup for %.200s",
+                 job->domain);
+        runner_job_dns_failed(job, &route);
+    }
+}
+
+/* Start what the limits allow, oldest first. */
+static void runner_dispatch(struct relay_runner *r)
+{
+    int64_t min_wait_ms = -1;
+    struct runner_job **p = &r->pending;
+    while (*p != NULL && !r->is_stopping && r->active_count < r->set.max_deliveries) {
+        struct runner_job *job = *p;
+        int64_t wait_ms = 0;
+        if (runner_count_get(r->per_key, &r->per_key_count, job->key) >= r->set.max_per_domain) {
+            p = &job->next;
+            continue;
+        }
+        if (!runner_rate_allows(r, job->key, job->rcpt_n, &wait_ms)) {
+            if (min_wait_ms < 0 || wait_ms < min_wait_ms)
+                min_wait_ms = wait_ms;
+            p = &job->next;
+            continue;
+        }
+        *p = job->next;
+        job->next = NULL;
+        runner_job_start(job);
+    }
+    if (min_wait_ms >= 0 && !r->is_stopping) {
+        /* paced mail waits in memory (and in the queue) for its window */
+        uint64_t due = uv_timer_get_due_in(&r->scan_timer);
+        if (due == 0 || (uint64_t)min_wait_ms + 10 < due) {
+            uv_timer_stop(&r->scan_timer);
+            uv_timer_start(&r->scan_timer, runner_on_pace_timer, (uint64_t)min_wait_ms + 10, 0);
+        }
+    }
+}
+
+static void runner_on_pace_timer(uv_timer_t *t)
+{
+    struct relay_runner *r = t->data;
+    runner_dispatch(r);
+    runner_scan(r);
+}
+
+/* ---- the thread ------------------------------------------------------------ */
+
+static void runner_on_wake(uv_async_t *a)
+{
+    runner_scan(a->data);
+}
+
+static void runner_close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Once stopping and nothing is under way any more: close every handle so
+ * the loop ends. */
+static void runner_maybe_close(struct relay_runner *r)
+{
+    if (!r->is_stopping || r->is_closed || r->active != NULL || r->is_db_busy ||
+        r->db_queue != NULL)
+        return;
+    r->is_closed = true;
+    if (r->dns != NULL) {
+        struct dns_resolver *d = r->dns;
+        r->dns = NULL;
+        dns_resolver_close(d);
+    }
+    uv_timer_stop(&r->scan_timer);
+    uv_timer_stop(&r->grace_timer);
+    uv_walk(&r->loop, runner_close_walk, NULL);
+}
+
+static void runner_on_grace(uv_timer_t *t)
+{
+    struct relay_runner *r = t->data;
+    /* Lookups end through their callbacks (cancelled: the job finishes and
+     * records what it knows). Connections still under way are abandoned:
+     * not recorded, tried again at the next start (at worst a recipient
+     * gets the message twice, never zero times). */
+    if (r->dns != NULL) {
+        struct dns_resolver *d = r->dns;
+        r->dns = NULL;
+        dns_resolver_close(d);
+    }
+    struct runner_job **p = &r->active;
+    while (*p != NULL) {
+        struct runner_job *job = *p;
+        if (job->is_resolving) {
+            uv_cancel((uv_req_t *)&job->gai); /* relayhost lookup: its callback finishes it */
+            p = &job->next;
+            continue;
+        }
+        *p = job->next;
+        r->active_count--;
+        if (job->conn != NULL)
+            client_abort(job->conn);
+        log_warn(job->msg->due.qid, "delivery to %s abandoned at shutdown; will be retried",
+                 job->domain);
+        struct relay_msg *m = job->msg;
+        runner_job_free(job);
+        if (--m->jobs_left == 0)
+            runner_msg_drop(r, m);
+    }
+    runner_maybe_close(r);
+}
+
+static void runner_on_stop(uv_async_t *a)
+{
+    struct relay_runner *r = a->data;
+    r->is_stopping = true;
+    /* jobs not started: dropped (their messages stay queued) */
+    while (r->pending != NULL) {
+        struct runner_job *job = r->pending;
+        r->pending = job->next;
+        struct relay_msg *m = job->msg;
+        runner_job_free(job);
+        if (--m->jobs_left == 0)
+            runner_msg_drop(r, m);
+    }
+    uv_timer_stop(&r->scan_timer);
+    if (r->active != NULL)
+        uv_timer_start(&r->grace_timer, runner_on_grace, RUNNER_STOP_GRACE_MS, 0);
+    runner_maybe_close(r);
+}
+
+static void runner_thread(void *arg)
+{
+    struct relay_runner *r = arg;
+    runner_scan(r); /* whatever waited while we were down */
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+}
+
+int relay_runner_start(const struct config *cfg, struct relay_runner **out, char *err,
+                       size_t err_size)
+{
+    *out = NULL;
+    struct relay_runner *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    if (runner_settings_load(&r->set, cfg, err, err_size) < 0) {
+        runner_settings_free(&r->set);
+        free(r);
+        return -1;
+    }
+    int rc = gnutls_certificate_allocate_credentials(&r->creds);
+    if (rc == GNUTLS_E_SUCCESS) {
+        if (cfg->relay_ca_file[0] != '\0')
+            rc = gnutls_certificate_set_x509_trust_file(r->creds, cfg->relay_ca_file,
+                                                        GNUTLS_X509_FMT_PEM);
+        else
+            rc = gnutls_certificate_set_x509_system_trust(r->creds);
+        if (rc < 0)
+            log_warn(NULL, "relay: no CA certificates loaded from %s (%s): verify will fail",
+                     cfg->relay_ca_file[0] != '\0' ? cfg->relay_ca_file : "the system store",
+                     gnutls_strerror(rc));
+        rc = 0;
+    } else {
+        snprintf(err, err_size, "relay: GnuTLS credentials: %s", gnutls_strerror(rc));
+        runner_settings_free(&r->set);
+        free(r);
+        return -1;
+    }
+    if (uv_loop_init(&r->loop) != 0) {
+        snprintf(err, err_size, "relay: cannot create its event loop");
+        gnutls_certificate_free_credentials(r->creds);
+        runner_settings_free(&r->set);
+        free(r);
+        return -1;
+    }
+    uv_async_init(&r->loop, &r->wake_async, runner_on_wake);
+    r->wake_async.data = r;
+    uv_async_init(&r->loop, &r->stop_async, runner_on_stop);
+    r->stop_async.data = r;
+    uv_timer_init(&r->loop, &r->scan_timer);
+    r->scan_timer.data = r;
+    uv_timer_init(&r->loop, &r->grace_timer);
+    r->grace_timer.data = r;
+    if (dns_resolver_new(&r->loop, &r->set.dns, &r->dns, err, err_size) < 0) {
+        uv_walk(&r->loop, runner_close_walk, NULL);
+        uv_run(&r->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&r->loop);
+        gnutls_certificate_free_credentials(r->creds);
+        runner_settings_free(&r->set);
+        free(r);
+        return -1;
+    }
+    if (uv_thread_create(&r->thread, runner_thread, r) != 0) {
+        snprintf(err, err_size, "relay: cannot start its thread");
+        r->is_stopping = true;
+        runner_maybe_close(r);
+        uv_run(&r->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&r->loop);
+        gnutls_certificate_free_credentials(r->creds);
+        runner_settings_free(&r->set);
+        free(r);
+        return -1;
+    }
+    atomic_store(&r->is_started, true);
+    log_info(NULL, "relay: runner started%s%s (max_deliveries=%u per_domain=%u per_ip=%u)",
+             r->set.has_relayhost ? " relayhost=" : "", r->set.has_relayhost ? cfg->relay_relayhost : "",
+             r->set.max_deliveries, r->set.max_per_domain, r->set.max_per_ip);
+    *out = r;
+    return 0;
+}
+
+void relay_runner_wake(struct relay_runner *r)
+{
+    if (r != NULL && atomic_load(&r->is_started))
+        uv_async_send(&r->wake_async);
+}
+
+void relay_runner_stop(struct relay_runner *r)
+{
+    if (r == NULL)
+        return;
+    uv_async_send(&r->stop_async);
+    uv_thread_join(&r->thread);
+    /* every handle is closed; run once more for their close callbacks */
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&r->loop) != 0)
+        log_warn(NULL, "relay: event loop closed with handles still open");
+    while (r->msgs != NULL) {
+        struct relay_msg *m = r->msgs;
+        r->msgs = m->next;
+        runner_msg_free(m);
+    }
+    queue_store_close(r->store);
+    gnutls_certificate_free_credentials(r->creds);
+    runner_settings_free(&r->set);
+    free(r);
+}
