@@ -15,9 +15,11 @@
 #include "auth/auth.h"
 #include "auth/throttle.h"
 #include "core/config.h"
+#include "core/control.h"
 #include "core/log.h"
 #include "core/queue.h"
 #include "core/server.h"
+#include "relay/runner.h"
 
 #define SMARTHOSTD_DEFAULT_CONFIG "/etc/smarthost/smarthost.conf"
 
@@ -33,6 +35,30 @@ static void usage(FILE *fp)
             "Runs in the foreground and logs to stderr (or syslog, [log] target).\n"
             "SIGHUP reloads configuration and certificates; SIGTERM drains and stops.\n",
             SMARTHOSTD_DEFAULT_CONFIG);
+}
+
+/* The control socket's commands (core/control.c runs this on its thread). */
+static void on_control(const char *command, char *reply, size_t reply_size, void *arg)
+{
+    struct relay_runner *runner = arg;
+    if (strcmp(command, "ping") == 0) {
+        snprintf(reply, reply_size, "ok smarthostd %s", SMARTHOST_VERSION);
+    } else if (strcmp(command, "wake") == 0) {
+        if (runner == NULL) {
+            snprintf(reply, reply_size, "ok relay disabled");
+        } else {
+            relay_runner_wake(runner);
+            snprintf(reply, reply_size, "ok");
+        }
+    } else {
+        snprintf(reply, reply_size, "error unknown command");
+    }
+}
+
+static void on_committed(const char *qid, void *arg)
+{
+    (void)qid;
+    relay_runner_wake(arg); /* a new message is attempted at once */
 }
 
 static int drop_privileges(const char *user)
@@ -140,7 +166,27 @@ int main(int argc, char **argv)
         log_err(NULL, "cannot initialise authentication (are libsasl2-modules installed?)");
         return 1;
     }
+    /* The delivery half, on its own thread; then the control socket. */
+    const struct config *run_cfg = server_config(srv);
+    struct relay_runner *runner = NULL;
+    if (run_cfg->relay_enabled) {
+        if (relay_runner_start(run_cfg, &runner, err, sizeof(err)) < 0) {
+            log_err(NULL, "%s: %s", path, err);
+            return 1;
+        }
+        queue_set_committed_hook(queue, on_committed, runner);
+    } else {
+        log_info(NULL, "relay disabled ([relay] enabled = no): accepted mail stays queued");
+    }
+    struct control *control = NULL;
+    if (control_start(run_cfg->relay_control_socket, on_control, runner, &control, err,
+                      sizeof(err)) < 0)
+        log_warn(NULL, "%s (smarthostctl changes then apply at the next queue scan)", err);
+
     int rc = server_run(srv, queue, throttle);
+    queue_set_committed_hook(queue, NULL, NULL);
+    control_stop(control);
+    relay_runner_stop(runner);
     queue_close(queue); /* every accepted message is committed before exit */
     auth_global_done();
     throttle_free(throttle);

@@ -125,9 +125,11 @@ struct runner_job {
     char key[256];                  /* destination: domain, or "relayhost" */
     char domain[256];
     bool is_relayhost;
-    size_t *rcpt_idx;
+    size_t *rcpt_idx;               /* into msg->rcpt */
     size_t rcpt_n;
-    const char **rcpt_addrs;        /* for client_txn */
+    const char **rcpt_addrs;        /* for client_txn: the ones sent */
+    size_t *sent_idx;               /* msg->rcpt index of each sent recipient */
+    size_t sent_n;
     bool is_started;
     /* the route */
     struct dns_route route;
@@ -613,6 +615,7 @@ static void runner_job_free(struct runner_job *job)
 {
     free(job->rcpt_idx);
     free(job->rcpt_addrs);
+    free(job->sent_idx);
     free(job);
 }
 
@@ -652,7 +655,8 @@ static int runner_msg_plan(struct relay_runner *r, struct relay_msg *m)
             runner_copy(job->domain, sizeof(job->domain), via_relayhost ? r->set.relayhost : domain);
             job->rcpt_idx = calloc(m->rcpt_count, sizeof(*job->rcpt_idx));
             job->rcpt_addrs = calloc(m->rcpt_count, sizeof(*job->rcpt_addrs));
-            if (job->rcpt_idx == NULL || job->rcpt_addrs == NULL) {
+            job->sent_idx = calloc(m->rcpt_count, sizeof(*job->sent_idx));
+            if (job->rcpt_idx == NULL || job->rcpt_addrs == NULL || job->sent_idx == NULL) {
                 runner_job_free(job);
                 return -ENOMEM;
             }
@@ -663,7 +667,6 @@ static int runner_msg_plan(struct relay_runner *r, struct relay_msg *m)
             *tail = job;
             m->jobs_left++;
         }
-        job->rcpt_addrs[job->rcpt_n] = m->rcpt[i].address;
         job->rcpt_idx[job->rcpt_n++] = i;
     }
     return 0;
@@ -1068,18 +1071,33 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
 static void runner_job_send(struct runner_job *job)
 {
     struct relay_msg *m = job->msg;
+    /* only the recipients still without an outcome (a previous address may
+     * have answered some of them for good) */
+    job->sent_n = 0;
+    for (size_t i = 0; i < job->rcpt_n; i++) {
+        struct runner_rcpt *rc = &m->rcpt[job->rcpt_idx[i]];
+        if (rc->is_done)
+            continue;
+        job->rcpt_addrs[job->sent_n] = rc->address;
+        job->sent_idx[job->sent_n++] = job->rcpt_idx[i];
+    }
     struct client_txn txn = {
         .sender = m->due.sender,
         .rcpts = job->rcpt_addrs,
-        .rcpt_count = job->rcpt_n,
+        .rcpt_count = job->sent_n,
         .body = m->body,
         .body_len = m->body_len,
         .is_8bit = true,
     };
-    if (client_send(job->conn, &txn, runner_on_sent, job) < 0) {
+    if (job->sent_n == 0 || client_send(job->conn, &txn, runner_on_sent, job) < 0) {
         client_close(job->conn);
         job->conn = NULL;
+        if (job->sent_n == 0) {
+            runner_job_finish(job);
+            return;
+        }
         runner_copy(job->last_error, sizeof(job->last_error), "cannot start the transaction");
+        job->addr_i++;
         runner_job_next_address(job);
     }
 }
@@ -1091,41 +1109,35 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
     const char *step = client_step_name(res->step);
     char text[RUNNER_TEXT_MAX];
     runner_reply_text(&res->reply, text, sizeof(text));
-    if (res->step != CLIENT_STEP_DONE && res->rcpt_count == 0) {
-        /* failed before any recipient result (MAIL, or the connection) */
-        enum retry_outcome o = retry_classify_reply(res->reply.code);
-        runner_add_attempt(m, 0, job->domain, job->cur_host, job->cur_addr, step, res->tls, text,
+    size_t left = 0;
+    for (size_t i = 0; i < job->sent_n; i++) {
+        struct runner_rcpt *rc = &m->rcpt[job->sent_idx[i]];
+        const struct client_reply *rep = i < res->rcpt_count ? &res->rcpts[i].reply : &res->reply;
+        char rtext[RUNNER_TEXT_MAX];
+        runner_reply_text(rep, rtext, sizeof(rtext));
+        enum retry_outcome o = retry_classify_reply(rep->code);
+        if (res->is_connection_failure && o == RETRY_DEFER) {
+            left++; /* the next address may take it */
+            continue;
+        }
+        runner_rcpt_set(rc, o, runner_reply_status(rep), rtext, job->cur_host, rep->code != 0);
+        runner_add_attempt(m, rc->id, job->domain, job->cur_host, job->cur_addr,
+                           o == RETRY_DELIVERED ? "done" : step, res->tls, rtext,
                            retry_outcome_name(o));
-        if (res->is_connection_failure) {
-            runner_copy(job->last_error, sizeof(job->last_error), text);
-            runner_copy(job->last_step, sizeof(job->last_step), step);
-            job->last_code = res->reply.code;
-            if (res->is_reusable)
-                client_close(c);
-            job->conn = NULL;
-            job->is_plain_retry = false;
-            job->addr_i++;
-            runner_job_next_address(job);
-            return;
-        }
-        runner_job_settle_all(job, o, runner_reply_status(&res->reply), text,
-                              res->reply.code != 0);
-    } else {
-        for (size_t i = 0; i < job->rcpt_n && i < res->rcpt_count; i++) {
-            struct runner_rcpt *rc = &m->rcpt[job->rcpt_idx[i]];
-            const struct client_reply *rep = &res->rcpts[i].reply;
-            char rtext[RUNNER_TEXT_MAX];
-            runner_reply_text(rep, rtext, sizeof(rtext));
-            enum retry_outcome o = retry_classify_reply(rep->code);
-            runner_rcpt_set(rc, o, runner_reply_status(rep), rtext, job->cur_host,
-                            rep->code != 0);
-            runner_add_attempt(m, rc->id, job->domain, job->cur_host, job->cur_addr,
-                               o == RETRY_DELIVERED ? "done" : step, res->tls, rtext,
-                               retry_outcome_name(o));
-        }
-        /* recipients without a result (should not happen): the step's reply */
-        runner_job_settle_all(job, retry_classify_reply(res->reply.code),
-                              runner_reply_status(&res->reply), text, res->reply.code != 0);
+    }
+    if (left > 0) {
+        runner_add_attempt(m, 0, job->domain, job->cur_host, job->cur_addr, step, res->tls, text,
+                           "deferred");
+        runner_copy(job->last_error, sizeof(job->last_error), text);
+        runner_copy(job->last_step, sizeof(job->last_step), step);
+        job->last_code = res->reply.code;
+        if (res->is_reusable)
+            client_close(c);
+        job->conn = NULL;
+        job->is_plain_retry = false;
+        job->addr_i++;
+        runner_job_next_address(job);
+        return;
     }
     if (res->is_reusable)
         client_close(c);
