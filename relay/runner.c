@@ -140,7 +140,8 @@ struct runner_job {
     int last_code;
     char cur_addr[80];
     char cur_host[256];
-    struct client_options opts;
+    struct client_options opts;     /* borrowed by the connection */
+    struct client_txn txn;          /* borrowed by client_send until its callback */
     struct client_conn *conn;
     bool is_counted_ip;
     bool is_resolving;              /* a DNS or relayhost lookup is under way */
@@ -1081,7 +1082,7 @@ static void runner_job_send(struct runner_job *job)
         job->rcpt_addrs[job->sent_n] = rc->address;
         job->sent_idx[job->sent_n++] = job->rcpt_idx[i];
     }
-    struct client_txn txn = {
+    job->txn = (struct client_txn){
         .sender = m->due.sender,
         .rcpts = job->rcpt_addrs,
         .rcpt_count = job->sent_n,
@@ -1089,7 +1090,7 @@ static void runner_job_send(struct runner_job *job)
         .body_len = m->body_len,
         .is_8bit = true,
     };
-    if (job->sent_n == 0 || client_send(job->conn, &txn, runner_on_sent, job) < 0) {
+    if (job->sent_n == 0 || client_send(job->conn, &job->txn, runner_on_sent, job) < 0) {
         client_close(job->conn);
         job->conn = NULL;
         if (job->sent_n == 0) {

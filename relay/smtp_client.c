@@ -1066,10 +1066,18 @@ static void client_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
     }
     char plain[16384];
+    int warnings = 0;
     for (;;) {
+        size_t unread_before = c->cin_len - c->cin_off;
         ssize_t n = gnutls_record_recv(c->tls, plain, sizeof(plain));
-        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+            /* also after a post-handshake message (a TLS 1.3 ticket): go on
+             * while GnuTLS still consumes what has arrived */
+            size_t unread = c->cin_len - c->cin_off;
+            if (unread > 0 && unread < unread_before)
+                continue;
             return;
+        }
         if (n == 0 || (n < 0 && gnutls_error_is_fatal((int)n))) {
             if (c->state == ST_READY) {
                 client_shutdown(c);
@@ -1080,8 +1088,11 @@ static void client_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
                         c->peer);
             return;
         }
-        if (n < 0)
-            continue; /* a warning alert */
+        if (n < 0) {
+            if (++warnings > 16) /* a peer that only sends alerts */
+                return;
+            continue; /* a warning alert, a ticket */
+        }
         client_on_plaintext(c, plain, (size_t)n);
         if (c->is_closing)
             return;

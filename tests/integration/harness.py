@@ -110,7 +110,8 @@ signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 # ---- certificates and ports ---------------------------------------------------------
 
-def make_cert(directory, name="server", cn="localhost", key_type="ec"):
+def make_cert(directory, name="server", cn="localhost", key_type="ec",
+              san="DNS:localhost,IP:127.0.0.1"):
     """Self-signed certificate for localhost + 127.0.0.1 with an ECDSA P-256 key
     (key_type "ec") or an RSA 2048 key ("rsa"); returns paths."""
     cert = os.path.join(directory, f"{name}-cert.pem")
@@ -119,7 +120,7 @@ def make_cert(directory, name="server", cn="localhost", key_type="ec"):
                 if key_type == "ec" else ["-newkey", "rsa:2048"])
     r = run_tool(["openssl", "req", "-x509", *key_args, "-nodes",
                   "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={cn}",
-                  "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+                  "-addext", f"subjectAltName={san}"])
     if r.returncode != 0:
         raise RuntimeError(f"openssl req failed: {r.stderr}")
     return cert, key
