@@ -10,6 +10,8 @@ SMARTHOST_DEPS=(
     libc-ares-dev libcrypt-dev libinih-dev libjansson-dev libcmocka-dev
     # integration tests and the dev run: TLS tools, real clients, Debian's python3
     gnutls-bin openssl ca-certificates swaks libnet-ssleay-perl msmtp curl python3 sqlite3
+    # the relay test world: a DNS server for the test zones
+    python3-dnslib
 )
 
 smarthost_install_deps() {

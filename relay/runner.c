@@ -145,6 +145,7 @@ struct runner_job {
     struct client_conn *conn;
     bool is_counted_ip;
     bool is_resolving;              /* a DNS or relayhost lookup is under way */
+    bool is_paced_logged;
     uv_getaddrinfo_t gai;
     struct runner_job *next;        /* pending or active list */
 };
@@ -1069,6 +1070,46 @@ static void runner_format_addr(const struct sockaddr_storage *ss, unsigned port,
 
 static void runner_on_sent(struct client_conn *c, const struct client_result *res, void *arg);
 
+static void runner_job_send(struct runner_job *job);
+
+/* Messages to the same destination reuse an open connection: hand c to the
+ * oldest pending job for job's destination (no new DNS lookup, no new
+ * handshake). Returns false when there is none (the caller closes c). */
+static bool runner_reuse(struct runner_job *job, struct client_conn *c)
+{
+    struct relay_runner *r = job->runner;
+    if (r->is_stopping)
+        return false;
+    for (struct runner_job **p = &r->pending; *p != NULL; p = &(*p)->next) {
+        struct runner_job *n = *p;
+        if (strcasecmp(n->key, job->key) != 0)
+            continue;
+        int64_t wait_ms = 0;
+        if (!runner_rate_allows(r, n->key, n->rcpt_n, &wait_ms))
+            return false;
+        *p = n->next;
+        n->next = r->active;
+        r->active = n;
+        r->active_count++;
+        n->is_started = true;
+        runner_count_add(r->per_key, &r->per_key_count, n->key, 1);
+        runner_rate_take(r, n->key, n->rcpt_n);
+        n->route = job->route;
+        n->host_i = job->host_i;
+        n->addr_i = job->addr_i;
+        runner_copy(n->cur_addr, sizeof(n->cur_addr), job->cur_addr);
+        runner_copy(n->cur_host, sizeof(n->cur_host), job->cur_host);
+        /* the address count moves with the connection */
+        n->is_counted_ip = job->is_counted_ip;
+        job->is_counted_ip = false;
+        n->conn = c;
+        log_debug(n->msg->due.qid, "reusing the connection to %s[%s]", n->cur_host, n->cur_addr);
+        runner_job_send(n);
+        return true;
+    }
+    return false;
+}
+
 static void runner_job_send(struct runner_job *job)
 {
     struct relay_msg *m = job->msg;
@@ -1140,9 +1181,9 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
         runner_job_next_address(job);
         return;
     }
-    if (res->is_reusable)
-        client_close(c);
     job->conn = NULL;
+    if (!res->is_reusable || !runner_reuse(job, c))
+        client_close(c);
     runner_job_finish(job);
 }
 
@@ -1367,6 +1408,11 @@ static void runner_dispatch(struct relay_runner *r)
         if (!runner_rate_allows(r, job->key, job->rcpt_n, &wait_ms)) {
             if (min_wait_ms < 0 || wait_ms < min_wait_ms)
                 min_wait_ms = wait_ms;
+            if (!job->is_paced_logged) {
+                job->is_paced_logged = true;
+                log_info(job->msg->due.qid, "paced: %s is at its rate_limit, waiting %llds",
+                         job->key, (long long)(wait_ms / 1000));
+            }
             p = &job->next;
             continue;
         }

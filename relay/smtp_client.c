@@ -60,7 +60,9 @@ struct client_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect_req;
-    const struct client_options *opt;
+    const struct client_options *opt; /* = &opt_copy */
+    struct client_options opt_copy;
+    char server_name[256];
     enum client_state state;
     int handles_open;
     bool is_closing;
@@ -488,7 +490,7 @@ static void client_after_ehlo(struct client_conn *c)
             c->state = ST_AUTH_LOGIN;
         } else {
             client_fail(c, CLIENT_STEP_AUTH, 0, "%s offers neither AUTH PLAIN nor AUTH LOGIN",
-                        c->peer);
+                        c->peer); /* code 0: deferred, next address */
             return;
         }
         client_arm_command(c);
@@ -904,8 +906,8 @@ static void client_on_reply(struct client_conn *c)
     case ST_AUTH_PLAIN:
     case ST_AUTH_LOGIN_PASS:
         if (code != 235) {
-            client_fail(c, CLIENT_STEP_AUTH, code, "%s", c->reply.text);
             c->result.is_connection_failure = true; /* our credentials: never bounce mail */
+            client_fail(c, CLIENT_STEP_AUTH, code, "%s", c->reply.text);
             return;
         }
         client_ready(c);
@@ -913,6 +915,7 @@ static void client_on_reply(struct client_conn *c)
     case ST_AUTH_LOGIN:
     case ST_AUTH_LOGIN_USER: {
         if (code != 334) {
+            c->result.is_connection_failure = true;
             client_fail(c, CLIENT_STEP_AUTH, code, "%s", c->reply.text);
             return;
         }
@@ -1162,7 +1165,12 @@ int client_open(uv_loop_t *loop, const struct sockaddr *addr, const struct clien
     if (c == NULL)
         return -ENOMEM;
     c->loop = loop;
-    c->opt = opt;
+    c->opt_copy = *opt;
+    if (opt->tls_server_name != NULL) {
+        snprintf(c->server_name, sizeof(c->server_name), "%s", opt->tls_server_name);
+        c->opt_copy.tls_server_name = c->server_name;
+    }
+    c->opt = &c->opt_copy;
     c->cb = cb;
     c->arg = arg;
     c->state = ST_CONNECTING;

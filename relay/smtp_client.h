@@ -94,8 +94,9 @@ struct client_conn;
 typedef void (*client_cb)(struct client_conn *c, const struct client_result *result, void *arg);
 
 /* Connect to addr (port set by the caller) and get as far as ready-for-MAIL.
- * Returns 0 (cb runs exactly once, later) or negative (cb never runs). opt and
- * its strings are borrowed until client_close. */
+ * Returns 0 (cb runs exactly once, later) or negative (cb never runs). opt is
+ * copied (with tls_server_name); its other strings and tls_creds are
+ * borrowed until the connection is closed. */
 int client_open(uv_loop_t *loop, const struct sockaddr *addr, const struct client_options *opt,
                 client_cb cb, void *arg, struct client_conn **out);
 /* One transaction on a ready connection (result.rcpts filled). The txn and

@@ -76,9 +76,9 @@ enum smtp_reply_feed smtp_reply_feed(struct smtp_reply *r, const char *line, siz
             memcpy(r->enhanced, rest, e);
             r->enhanced[e] = '\0';
         }
-    } else {
-        smtp_reply_append(r, "\n", 1);
-        /* EHLO keyword: the first word of a continuation line */
+    } else if (r->text_len + 1 < sizeof(r->text)) {
+        r->text[r->text_len++] = '\n'; /* lines joined by LF (the only control byte kept) */
+        r->text[r->text_len] = '\0';
     }
     if (r->line_count > 0 && r->keyword_count < SMTP_REPLY_LINES_MAX) {
         size_t w = 0;
