@@ -37,6 +37,7 @@ static int ctl_user_show(struct ctl *ctl, int argc, char **argv);
 static int ctl_user_list(struct ctl *ctl, int argc, char **argv);
 static int ctl_config_check(struct ctl *ctl, int argc, char **argv);
 static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv);
+static int ctl_db_migrate(struct ctl *ctl, int argc, char **argv);
 
 static const struct ctl_command ctl_commands[] = {
     {"user", "add", "NAME [--password-stdin | --generate] [--description TEXT]",
@@ -61,6 +62,8 @@ static const struct ctl_command ctl_commands[] = {
     {"config", "check", "", "check the configuration file", ctl_config_check},
     {"config", "defaults", "", "print a configuration file with every key at its default",
      ctl_config_defaults},
+    {"db", "migrate", "", "create the database, or bring it to this version's schema",
+     ctl_db_migrate},
 };
 #define CTL_COMMAND_COUNT (sizeof(ctl_commands) / sizeof(ctl_commands[0]))
 
@@ -883,6 +886,36 @@ static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv)
         return rc;
     config_write_defaults(stdout);
     return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_RUNTIME;
+}
+
+/* ---- database ------------------------------------------------------------ */
+
+/* Packages run this at install and upgrade: accounts and queue tables both
+ * exist afterwards, at this build's schema version. */
+static int ctl_db_migrate(struct ctl *ctl, int argc, char **argv)
+{
+    struct ctl_args a;
+    int rc = ctl_parse_args(ctl, ctl_find("db", "migrate"), argc, argv, &a);
+    if (rc != CTL_EXIT_OK)
+        return rc < 0 ? CTL_EXIT_OK : rc;
+    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
+        return rc;
+    struct store *st = NULL;
+    if ((rc = ctl_open_store(ctl, &st)) != CTL_EXIT_OK)
+        return rc;
+    store_close(st);
+    struct queue_store *q = NULL;
+    if (queue_store_open(ctl->cfg->database, ctl_busy_ms(ctl), &q) < 0) {
+        ctl_error(ctl, "cannot migrate the queue in %s (see the log for the reason)",
+                  ctl->cfg->database);
+        return CTL_EXIT_RUNTIME;
+    }
+    queue_store_close(q);
+    if (ctl->is_json)
+        ctl_json_print(json_pack("{s:s,s:b}", "database", ctl->cfg->database, "ok", 1));
+    else
+        printf("%s: schema up to date\n", ctl->cfg->database);
+    return CTL_EXIT_OK;
 }
 
 /* ---- main -------------------------------------------------------------- */

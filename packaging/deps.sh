@@ -12,6 +12,8 @@ SMARTHOST_DEPS=(
     gnutls-bin openssl ca-certificates swaks libnet-ssleay-perl msmtp curl python3 sqlite3
     # the relay test world: a DNS server for the test zones
     python3-dnslib
+    # package tests: build the .deb and .rpm, lint, verify the unit, run it in a netns
+    dpkg-dev debhelper lintian rpm fakeroot systemd iproute2 util-linux man-db
 )
 
 smarthost_install_deps() {
