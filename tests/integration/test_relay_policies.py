@@ -95,6 +95,58 @@ class RelayPolicies(harness.SmarthostCase):
         self.assertEqual(info["attempts"][-1]["step"], "auth")
         self.assertIn("535", info["attempts"][-1]["reply"])
 
+    def test_relayhost_auth_login_and_verified_certificate(self):
+        up = self.world.peer("accept", auth=("relayuser", "relay-Secret-9"), starttls=True,
+                             port=2587, auth_mechs="LOGIN")
+        creds = os.path.join(self.tmp, "relay.secret")
+        with open(creds, "w") as f:
+            f.write("relayuser:relay-Secret-9\n")
+        os.chmod(creds, 0o600)
+        # the name in the relayhost setting is what the certificate is checked against
+        with open("/etc/hosts") as f:
+            hosts = f.read()
+        self.assertNotIn("mx.world.test", hosts)
+        sh = self.start_smarthost(config={"relay": {
+            "enabled": "yes", "relayhost": f"{up.addr}:2587", "relayhost_security": "starttls",
+            "relayhost_verify": "yes", "ca_file": self.world.cert,
+            "relayhost_credentials": creds, "command_timeout": "5s"}})
+        qid = self.submit(sh, ["someone@far-away.example"])
+        # verify: an IP address is not the name in the certificate → refused, deferred
+        info = self.wait_state(sh, qid, "deferred", "verification failure deferred")
+        self.assertEqual(info["attempts"][-1]["step"], "starttls")
+        self.assertEqual(up.messages, [])
+        # without verification the same relayhost takes it over AUTH LOGIN
+        sh.stop()
+        sh.sections["relay"]["relayhost_verify"] = "no"
+        sh.write_config()
+        sh.start()
+        sh.ctl("queue", "retry", qid)
+        self.wait_state(sh, qid, "delivered", "AUTH LOGIN delivery")
+        self.assertTrue(up.messages[-1]["auth"])
+        self.assertIn("AUTH", up.sessions[-1]["commands"])
+
+    # ---- session details ----
+    def test_helo_fallback_size_and_required_tls(self):
+        old = self.world.peer("accept", ehlo=False)
+        small = self.world.peer("accept", size=100)
+        plain = self.world.peer("accept")
+        d = self.dns({"old.test": [f"A {old.addr}"], "small.test": [f"A {small.addr}"],
+                      "musttls.test": [f"A {plain.addr}"]})
+        sh = self.start_smarthost(config={"relay": {
+            "enabled": "yes", "dns_servers": d.servers, "tls_policy": "musttls.test=require"}})
+        q1 = self.submit(sh, ["a@old.test"])
+        q2 = self.submit(sh, ["b@small.test"])
+        q3 = self.submit(sh, ["c@musttls.test"])
+        self.wait_state(sh, q1, "delivered", "delivery after HELO")
+        self.assertIn("HELO", [c.split()[0] for c in old.sessions[-1]["commands"]])
+        info = self.wait_state(sh, q2, "bounced", "too big for the peer's SIZE")
+        self.assertIn("5.3.4", info["recipients"][0]["status"])
+        self.assertNotIn("DATA", [c.split()[0] for s in small.sessions for c in s["commands"]])
+        info = self.wait_state(sh, q3, "deferred", "TLS required but not offered")
+        self.assertEqual(info["attempts"][-1]["step"], "starttls")
+        self.assertIn("does not offer STARTTLS", info["attempts"][-1]["reply"])
+        self.assertEqual(plain.messages, [])
+
     # ---- reuse and pacing ----
     def test_messages_to_one_destination_share_a_connection(self):
         peer = self.world.peer("accept")

@@ -16,7 +16,8 @@ an address. Behaviours:
   drop_after_data   reads the whole message, then closes without a reply
   tarpit            accepts the connection and never says anything
   hold_data         like accept, but answers the end of data only after release()
-Options: starttls (offer STARTTLS with a self-signed certificate), broken_tls (offer it,
+Options: ehlo=False (502 to EHLO: HELO only), auth_mechs ("PLAIN LOGIN"),
+starttls (offer STARTTLS with a self-signed certificate), broken_tls (offer it,
 answer 220, then break the handshake), implicit_tls, auth=(user, password) (AUTH PLAIN
 and LOGIN required before MAIL, only after TLS), size=N (advertise SIZE N),
 pipelining (default True).
@@ -35,7 +36,8 @@ import harness
 
 class Peer:
     def __init__(self, world, addr, behaviour, port=25, starttls=False, broken_tls=False,
-                 implicit_tls=False, auth=None, size=None, pipelining=True, reject=()):
+                 implicit_tls=False, auth=None, size=None, pipelining=True, reject=(),
+                 ehlo=True, auth_mechs="PLAIN LOGIN"):
         self.world = world
         self.addr = addr
         self.port = port
@@ -46,6 +48,8 @@ class Peer:
         self.auth = auth
         self.size = size
         self.pipelining = pipelining
+        self.ehlo = ehlo
+        self.auth_mechs = auth_mechs
         self.reject = {r.lower() for r in reject}
         self.messages = []      # {"mail_from", "rcpts", "data", "tls", "auth"}
         self.sessions = []      # per connection: {"tls": bool, "commands": [...]}
@@ -114,7 +118,9 @@ class Peer:
                 session["first_packet"] = io.last_packet
             session["commands"].append(line if not line.upper().startswith("AUTH") else "AUTH")
             verb = line.split(" ", 1)[0].upper()
-            if verb == "EHLO":
+            if verb == "EHLO" and not self.ehlo:
+                io.send("502 5.5.2 EHLO not implemented here")
+            elif verb == "EHLO":
                 caps = ["PIPELINING"] if self.pipelining else []
                 caps += ["8BITMIME", "ENHANCEDSTATUSCODES"]
                 if self.size:
@@ -122,7 +128,7 @@ class Peer:
                 if self.starttls and not session["tls"]:
                     caps.append("STARTTLS")
                 if self.auth and session["tls"]:
-                    caps.append("AUTH PLAIN LOGIN")
+                    caps.append(f"AUTH {self.auth_mechs}")
                 lines = [f"{self.addr} hello"] + caps
                 io.send("\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}"
                                     for i, t in enumerate(lines)))
@@ -193,6 +199,9 @@ class Peer:
         parts = line.split()
         mech = parts[1].upper() if len(parts) > 1 else ""
         user, password = self.auth
+        if mech not in self.auth_mechs.split():
+            io.send("504 5.5.4 mechanism not offered")
+            return False
         if mech == "PLAIN":
             resp = parts[2] if len(parts) > 2 else (io.send("334 ") or io.line())
             try:
