@@ -36,6 +36,25 @@ static const char *const store_migrations[] = {
     " description TEXT NOT NULL DEFAULT '',"
     " created_at INTEGER,"
     " password_changed_at INTEGER)",
+    /* 2: sender policy and quotas (auth/policy.c); -1 = the global default */
+    "ALTER TABLE accounts ADD COLUMN senders TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE accounts ADD COLUMN check_header_from INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE accounts ADD COLUMN networks TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE accounts ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE accounts ADD COLUMN max_size INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE accounts ADD COLUMN max_rcpts INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE accounts ADD COLUMN msgs_per_hour INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE accounts ADD COLUMN msgs_per_day INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE accounts ADD COLUMN rcpts_per_day INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE accounts ADD COLUMN bytes_per_day INTEGER NOT NULL DEFAULT -1;"
+    "CREATE TABLE usage("
+    " account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,"
+    " period TEXT NOT NULL,"          /* 'hour' | 'day' */
+    " period_start INTEGER NOT NULL," /* unix seconds, UTC boundary */
+    " msgs INTEGER NOT NULL DEFAULT 0,"
+    " rcpts INTEGER NOT NULL DEFAULT 0,"
+    " bytes INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY(account_id, period))",
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 

@@ -168,6 +168,15 @@ int main(int argc, char **argv)
     }
     /* The delivery half, on its own thread; then the control socket. */
     const struct config *run_cfg = server_config(srv);
+    struct policy_defaults defaults = {
+        .max_size = run_cfg->max_message_size,
+        .max_rcpts = run_cfg->max_recipients,
+        .msgs_per_hour = run_cfg->acct_msgs_per_hour,
+        .msgs_per_day = run_cfg->acct_msgs_per_day,
+        .rcpts_per_day = run_cfg->acct_rcpts_per_day,
+        .bytes_per_day = run_cfg->acct_bytes_per_day,
+    };
+    queue_set_policy(queue, &defaults);
     struct relay_runner *runner = NULL;
     if (run_cfg->relay_enabled) {
         if (relay_runner_start(run_cfg, &runner, err, sizeof(err)) < 0) {

@@ -81,6 +81,12 @@ struct config {
     /* [queue] */
     uint64_t queue_busy_timeout_ms;   /* SQLite busy wait before 452 4.3.1 */
 
+    /* [accounts] — defaults for every account (smarthostctl overrides per account) */
+    uint64_t acct_msgs_per_hour;      /* 0 = unlimited */
+    uint64_t acct_msgs_per_day;
+    uint64_t acct_rcpts_per_day;
+    uint64_t acct_bytes_per_day;
+
     /* [relay] — the delivery half (relay/) */
     bool relay_enabled;               /* run the queue runner in smarthostd */
     char *relay_helo_name;            /* EHLO name; "" = [server] hostname */

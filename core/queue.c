@@ -91,12 +91,15 @@ struct queue {
     bool is_closing;
     queue_committed_hook hook;
     void *hook_arg;
+    bool has_policy;
+    struct policy_defaults policy;
 
     atomic_uint_fast64_t batches;
 
     /* committer thread only: the batch being written */
     struct queue_commit_req *batch[QUEUE_BATCH_MAX];
     int status[QUEUE_BATCH_MAX];
+    bool refused[QUEUE_BATCH_MAX]; /* by the account policy, in this round */
     char committed[QUEUE_BATCH_MAX][QUEUE_ID_SIZE];
 };
 
@@ -385,11 +388,44 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
     const char *step = "begin";
     sqlite3_int64 now = (sqlite3_int64)time(NULL);
     int rc = queue_step_done(q->st_begin);
+    pthread_mutex_lock(&q->lock);
+    bool has_policy = q->has_policy;
+    struct policy_defaults policy = q->policy;
+    pthread_mutex_unlock(&q->lock);
     for (size_t i = first; rc == SQLITE_OK && i < first + count; i++) {
+        struct queue_commit_req *req = q->batch[i];
+        q->refused[i] = false;
+        if (has_policy && req->auth_user != NULL && req->auth_user[0] != '\0') {
+            /* check and count in this transaction: atomic with the insert */
+            step = "policy";
+            rc = queue_exec(q->db, "SAVEPOINT charge");
+            char from[320];
+            bool has_from = policy_header_from(req->body, req->body_len, from, sizeof(from));
+            int verdict = rc == SQLITE_OK
+                              ? policy_charge(q->db, req->auth_user, &policy, now, req->sender,
+                                              has_from ? from : NULL, req->recipient_count,
+                                              (uint64_t)req->header_len + req->body_len,
+                                              &req->verdict)
+                              : -1;
+            if (verdict != 0) {
+                queue_exec(q->db, "ROLLBACK TO charge");
+                queue_exec(q->db, "RELEASE charge");
+                if (verdict < 0) {
+                    rc = rc != SQLITE_OK ? rc : SQLITE_IOERR;
+                    qid = req->qid;
+                    break;
+                }
+                q->refused[i] = true;
+                continue;
+            }
+            rc = queue_exec(q->db, "RELEASE charge");
+            if (rc != SQLITE_OK)
+                break;
+        }
         step = "insert";
-        rc = queue_insert_message(q, q->batch[i], now);
+        rc = queue_insert_message(q, req, now);
         if (rc != SQLITE_OK && count > 1)
-            qid = q->batch[i]->qid;
+            qid = req->qid;
     }
     if (rc == SQLITE_OK) {
         step = "commit";
@@ -416,7 +452,8 @@ static void queue_write_batch(struct queue *q, size_t n)
     int rc = queue_write_transaction(q, 0, n);
     if (rc == SQLITE_OK || n == 1 || queue_rc_is_busy(rc)) {
         for (size_t i = 0; i < n; i++)
-            q->status[i] = queue_status_from_sqlite(rc);
+            q->status[i] = rc == SQLITE_OK && q->refused[i] ? QUEUE_ERR_POLICY
+                                                            : queue_status_from_sqlite(rc);
         return;
     }
     bool is_busy = false;
@@ -426,7 +463,8 @@ static void queue_write_batch(struct queue *q, size_t n)
             continue;
         }
         rc = queue_write_transaction(q, i, 1);
-        q->status[i] = queue_status_from_sqlite(rc);
+        q->status[i] = rc == SQLITE_OK && q->refused[i] ? QUEUE_ERR_POLICY
+                                                        : queue_status_from_sqlite(rc);
         is_busy = queue_rc_is_busy(rc);
     }
 }
@@ -566,6 +604,15 @@ void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *
     pthread_mutex_lock(&q->lock);
     q->hook = hook;
     q->hook_arg = arg;
+    pthread_mutex_unlock(&q->lock);
+}
+
+void queue_set_policy(struct queue *q, const struct policy_defaults *d)
+{
+    pthread_mutex_lock(&q->lock);
+    q->has_policy = d != NULL;
+    if (d != NULL)
+        q->policy = *d;
     pthread_mutex_unlock(&q->lock);
 }
 

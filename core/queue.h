@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth/policy.h"
+
 #define QUEUE_ID_SIZE 16 /* 15 characters + NUL, e.g. "4Xk9T2mQpR7vB3a" */
 
 enum queue_status {
@@ -22,6 +24,7 @@ enum queue_status {
     QUEUE_ERR_BUSY = -2,    /* database locked past the busy timeout: 452 4.3.1 */
     QUEUE_ERR_CLOSED = -3,  /* queue shutting down: 421 4.3.2 */
     QUEUE_ERR_NOT_FOUND = -4,
+    QUEUE_ERR_POLICY = -5,  /* the account's policy or quota refused it: see req->verdict */
 };
 
 struct queue_commit_req;
@@ -42,6 +45,7 @@ struct queue_commit_req {
     size_t body_len;
     queue_commit_cb cb;
     void *data;
+    struct policy_verdict verdict;   /* filled when the status is QUEUE_ERR_POLICY */
     /* private to queue.c */
     struct queue_commit_req *next;
 };
@@ -65,6 +69,12 @@ void queue_id_new(char out[QUEUE_ID_SIZE]);
  * message (the relay core registers here; cmd/ wires it). */
 typedef void (*queue_committed_hook)(const char *qid, void *arg);
 void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg);
+
+/* Account policy and quotas: once set (defaults copied), every request with
+ * an auth_user is checked and counted inside its commit transaction (its own
+ * SAVEPOINT), so a refusal fails that request alone (QUEUE_ERR_POLICY, with
+ * req->verdict) and concurrent sessions can never overrun a quota. */
+void queue_set_policy(struct queue *q, const struct policy_defaults *d);
 
 /* Write transactions committed (one WAL fsync each) since queue_open: a
  * whole group commit counts once. Thread-safe; for tests and status. */

@@ -623,6 +623,13 @@ void smtp_session_commit_done(struct smtp_session *s, int status)
                  tx->sender, tx->header.len + tx->body.len, tx->recipient_count, user,
                  s->client_ip);
         session_reply(s, 250, "2.0.0", "Ok: queued as %s", tx->qid);
+    } else if (status == QUEUE_ERR_POLICY) {
+        const struct policy_verdict *v = &tx->req.verdict;
+        char user[300];
+        log_escape(s->user, strlen(s->user), user, sizeof(user));
+        log_info(tx->qid, "reject: policy user=%s from=<%s> code=%d dsn=%s (%s) client=[%s]",
+                 user, tx->sender, v->code, v->enhanced, v->text, s->client_ip);
+        session_reply(s, v->code, v->enhanced, "%s", v->text);
     } else if (status == QUEUE_ERR_CLOSED) {
         session_tx_reset(s);
         session_close_with(s, "4.3.2", "Service shutting down, try again later");

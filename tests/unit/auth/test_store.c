@@ -80,7 +80,7 @@ static void test_open_creates_schema(void **state)
 {
     struct fixture *f = *state;
     sqlite3 *db = raw_open(f);
-    assert_int_equal(raw_int(db, "SELECT version FROM schema_version WHERE module = 'auth'"), 1);
+    assert_int_equal(raw_int(db, "SELECT version FROM schema_version WHERE module = 'auth'"), 2);
     assert_int_equal(raw_int(db, "SELECT count(*) FROM accounts"), 0);
     sqlite3_stmt *stmt = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &stmt, NULL), SQLITE_OK);
@@ -112,7 +112,7 @@ static void test_schema_version_shared_with_queue(void **state)
     struct store *st = NULL;
     assert_int_equal(store_open(path, 1000, &st), STORE_OK);
     assert_int_equal(raw_int(db, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
-    assert_int_equal(raw_int(db, "SELECT version FROM schema_version WHERE module = 'auth'"), 1);
+    assert_int_equal(raw_int(db, "SELECT version FROM schema_version WHERE module = 'auth'"), 2);
     store_close(st);
     sqlite3_close(db);
     char p[96];
