@@ -8,6 +8,8 @@
  * a disabled or unknown account fails exactly like a wrong password. */
 #include "auth/auth.h"
 
+#include "auth/policy.h"
+
 #include <pthread.h>
 #include <sasl/sasl.h>
 #include <sasl/saslplug.h>
@@ -43,6 +45,7 @@ struct auth_session {
     sasl_callback_t callbacks[3];
     char local_host[256];
     char remote_ip[64];
+    struct account_policy policy; /* loaded once the password was right */
     uint64_t now_ms; /* the clock of the call in progress */
     enum auth_check check;
     char user[STORE_NAME_MAX + 1];
@@ -326,9 +329,23 @@ static int auth_on_checkpass(sasl_conn_t *conn, void *context, const char *user,
     enum store_auth_result r = store_verify_password(st, user, password);
     explicit_bzero(password, sizeof(password));
     switch (r) {
-    case STORE_AUTH_OK:
+    case STORE_AUTH_OK: {
+        /* an account limited to some client networks refuses the others
+         * exactly like a wrong password: nothing tells the client which */
+        int prc = store_policy_load(st, user, &as->policy);
+        if (prc == STORE_ERROR) {
+            as->check = AUTH_CHECK_TEMPFAIL;
+            auth_store_drop();
+            return SASL_UNAVAIL;
+        }
+        if (prc != STORE_OK || !policy_network_allowed(as->policy.networks, as->remote_ip)) {
+            log_info(NULL, "auth refused user=%s client=[%s]: outside the account's networks",
+                     user, as->remote_ip);
+            break;
+        }
         as->check = AUTH_CHECK_OK;
         return SASL_OK;
+    }
     case STORE_AUTH_ERROR:
         as->check = AUTH_CHECK_TEMPFAIL;
         auth_store_drop();
@@ -707,6 +724,9 @@ static void auth_session_finish(struct auth_session *as, int r, const char *serv
             snprintf(as->user, sizeof(as->user), "%s", (const char *)name);
         out->result = AUTH_OK;
         snprintf(out->user, sizeof(out->user), "%s", as->user);
+        snprintf(out->senders, sizeof(out->senders), "%s", as->policy.senders);
+        out->max_size = as->policy.max_size;
+        out->max_rcpts = as->policy.max_rcpts;
         throttle_record_success(auth_global.throttle, as->remote_ip, as->user);
     } else if (as->check == AUTH_CHECK_LOCKED) {
         out->result = AUTH_LOCKED;

@@ -32,6 +32,12 @@ struct auth_outcome {
     uint32_t delay_ms;    /* for AUTH_FAIL: wait this long before the reply */
     bool locked_now;      /* this failure started a lockout */
     char user[256];       /* the user name tried (OK, FAIL, LOCKED), else "" */
+    /* for AUTH_OK: the account's sender list ("" = any) and its own limits
+     * (-1 = the global one), checked at MAIL and RCPT; the commit checks
+     * them again with fresh data */
+    char senders[1024];
+    int64_t max_size;
+    int64_t max_rcpts;
 };
 
 /* Process-wide: sasl_server_init with our callbacks. db_path and the

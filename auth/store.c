@@ -7,6 +7,8 @@
  * known one, so response time does not reveal which names exist. */
 #include "auth/store.h"
 
+#include "auth/policy.h"
+
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -595,4 +597,101 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
     if (!is_enabled)
         return STORE_AUTH_DISABLED;
     return is_match ? STORE_AUTH_OK : STORE_AUTH_BAD_PASSWORD;
+}
+
+int store_policy_load(struct store *st, const char *name, struct account_policy *out)
+{
+    int rc = policy_load(st->db, name, out);
+    return rc == 0 ? STORE_OK : rc == 1 ? STORE_NOT_FOUND : STORE_ERROR;
+}
+
+static bool store_policy_column_ok(const char *column, bool is_text)
+{
+    static const char *const text_cols[] = {"senders", "networks", "owner"};
+    static const char *const num_cols[] = {"check_header_from", "max_size",     "max_rcpts",
+                                           "msgs_per_hour",     "msgs_per_day", "rcpts_per_day",
+                                           "bytes_per_day"};
+    const char *const *cols = is_text ? text_cols : num_cols;
+    size_t n = is_text ? 3 : 7;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(cols[i], column) == 0)
+            return true;
+    return false;
+}
+
+static int store_policy_set(struct store *st, const char *name, const char *column,
+                            const char *text, int64_t num, bool is_text)
+{
+    if (!store_policy_column_ok(column, is_text))
+        return STORE_INVALID;
+    char sql[128];
+    snprintf(sql, sizeof(sql), "UPDATE accounts SET %s = ? WHERE name = ?", column);
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL) != SQLITE_OK)
+        return STORE_ERROR;
+    if (is_text)
+        sqlite3_bind_text(stmt, 1, text, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_int64(stmt, 1, num);
+    sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE)
+        return (rc & 0xff) == SQLITE_BUSY ? STORE_BUSY : STORE_ERROR;
+    return sqlite3_changes(st->db) > 0 ? STORE_OK : STORE_NOT_FOUND;
+}
+
+int store_policy_set_text(struct store *st, const char *name, const char *column,
+                          const char *value)
+{
+    return store_policy_set(st, name, column, value, 0, true);
+}
+
+int store_policy_set_number(struct store *st, const char *name, const char *column, int64_t value)
+{
+    return store_policy_set(st, name, column, NULL, value, false);
+}
+
+int store_usage_get(struct store *st, const char *name, int64_t now, struct store_usage *hour,
+                    struct store_usage *day)
+{
+    memset(hour, 0, sizeof(*hour));
+    memset(day, 0, sizeof(*day));
+    hour->period_start = now - now % 3600;
+    day->period_start = now - now % 86400;
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT u.period, u.period_start, u.msgs, u.rcpts, u.bytes FROM usage u"
+                           " JOIN accounts a ON a.id = u.account_id WHERE a.name = ?",
+                           -1, &stmt, NULL) != SQLITE_OK)
+        return STORE_ERROR;
+    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *period = (const char *)sqlite3_column_text(stmt, 0);
+        struct store_usage *u = period != NULL && strcmp(period, "hour") == 0 ? hour : day;
+        if (sqlite3_column_int64(stmt, 1) != u->period_start)
+            continue; /* an old window: nothing used in this one yet */
+        u->msgs = (uint64_t)sqlite3_column_int64(stmt, 2);
+        u->rcpts = (uint64_t)sqlite3_column_int64(stmt, 3);
+        u->bytes = (uint64_t)sqlite3_column_int64(stmt, 4);
+    }
+    sqlite3_finalize(stmt);
+    return rc == SQLITE_DONE ? STORE_OK : STORE_ERROR;
+}
+
+int store_usage_reset(struct store *st, const char *name, const char *period)
+{
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(st->db,
+                           "DELETE FROM usage WHERE account_id = (SELECT id FROM accounts"
+                           " WHERE name = ?1) AND (?2 IS NULL OR period = ?2)",
+                           -1, &stmt, NULL) != SQLITE_OK)
+        return STORE_ERROR;
+    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+    if (period != NULL)
+        sqlite3_bind_text(stmt, 2, period, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    sqlite3_finalize(stmt);
+    return rc == SQLITE_DONE ? STORE_OK : STORE_ERROR;
 }

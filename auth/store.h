@@ -76,6 +76,31 @@ int store_user_list(struct store *st, int (*cb)(const struct account *a, void *a
 enum store_auth_result store_verify_password(struct store *st, const char *name,
                                              const char *password);
 
+/* The sender policy and limits of name (auth/policy.h). Returns STORE_OK,
+ * STORE_NOT_FOUND or STORE_ERROR. */
+struct account_policy;
+int store_policy_load(struct store *st, const char *name, struct account_policy *out);
+
+/* Change one policy column of name: text columns senders, networks, owner;
+ * number columns check_header_from, max_size, max_rcpts, msgs_per_hour,
+ * msgs_per_day, rcpts_per_day, bytes_per_day (-1 = the global default).
+ * Returns STORE_OK, STORE_NOT_FOUND, STORE_INVALID (unknown column) or an error. */
+int store_policy_set_text(struct store *st, const char *name, const char *column,
+                          const char *value);
+int store_policy_set_number(struct store *st, const char *name, const char *column,
+                            int64_t value);
+
+struct store_usage {
+    int64_t period_start;     /* the current hour or day (UTC), unix seconds */
+    uint64_t msgs, rcpts, bytes;
+};
+/* Usage of name in the hour and the day containing now (zero when the stored
+ * window is an older one). */
+int store_usage_get(struct store *st, const char *name, int64_t now, struct store_usage *hour,
+                    struct store_usage *day);
+/* Forget name's usage counters (period "hour", "day", or NULL for both). */
+int store_usage_reset(struct store *st, const char *name, const char *period);
+
 /* true when name is acceptable as a user name. */
 bool store_name_is_valid(const char *name);
 

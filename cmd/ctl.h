@@ -57,6 +57,31 @@ void ctl_actor(char *out, size_t out_size);
 int ctl_load_config(struct ctl *ctl);
 unsigned ctl_busy_ms(const struct ctl *ctl);
 
+/* cmd/ctl_account.c: per-account policy options (user add / user set / quota set) */
+#define CTL_POLICY_MAX_CHANGES 32
+struct ctl_policy_change {
+    int opt;
+    const char *value;
+};
+struct ctl_policy_changes {
+    struct ctl_policy_change items[CTL_POLICY_MAX_CHANGES];
+    size_t count;
+};
+struct store;
+int ctl_policy_extract(struct ctl *ctl, int *argc, char **argv, struct ctl_policy_changes *out);
+int ctl_policy_validate(struct ctl *ctl, const struct ctl_policy_changes *ch, int64_t *nums);
+int ctl_policy_apply(struct ctl *ctl, struct store *st, const char *name,
+                     const struct ctl_policy_changes *ch);
+int ctl_policy_show(struct ctl *ctl, struct store *st, const char *name, json_t *into);
+void ctl_policy_today(struct ctl *ctl, struct store *st, const char *name, char *out,
+                      size_t size, json_t *into);
+void ctl_policy_usage(FILE *fp);
+int ctl_open_store_public(struct ctl *ctl, struct store **st);
+int ctl_user_set(struct ctl *ctl, int argc, char **argv);
+int ctl_quota_show(struct ctl *ctl, int argc, char **argv);
+int ctl_quota_set(struct ctl *ctl, int argc, char **argv);
+int ctl_quota_reset(struct ctl *ctl, int argc, char **argv);
+
 /* cmd/ctl_queue.c */
 int ctl_queue_list(struct ctl *ctl, int argc, char **argv);
 int ctl_queue_show(struct ctl *ctl, int argc, char **argv);

@@ -40,15 +40,24 @@ static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv);
 static int ctl_db_migrate(struct ctl *ctl, int argc, char **argv);
 
 static const struct ctl_command ctl_commands[] = {
-    {"user", "add", "NAME [--password-stdin | --generate] [--description TEXT]",
+    {"user", "add", "NAME [--password-stdin | --generate] [--description TEXT] [policy options]",
      "create an account (asks for the password twice unless told otherwise)", ctl_user_add},
     {"user", "del", "NAME", "delete an account", ctl_user_del},
     {"user", "passwd", "NAME [--password-stdin | --generate]", "set a new password",
      ctl_user_passwd},
     {"user", "enable", "NAME", "allow the account to authenticate again", ctl_user_enable},
     {"user", "disable", "NAME", "refuse authentication for the account", ctl_user_disable},
-    {"user", "show", "NAME", "show one account", ctl_user_show},
-    {"user", "list", "", "list all accounts", ctl_user_list},
+    {"user", "set", "NAME [policy options]",
+     "change what an account may send: senders, networks, owner, limits, quotas", ctl_user_set},
+    {"user", "show", "NAME", "show one account, its policy and its usage", ctl_user_show},
+    {"user", "list", "", "list all accounts with today's messages against the daily quota",
+     ctl_user_list},
+    {"quota", "show", "NAME", "limits in force and what was used this hour and today",
+     ctl_quota_show},
+    {"quota", "set", "NAME [--msgs-per-hour N] [--msgs-per-day N] ...",
+     "change an account's limits (\"default\" = the configured default)", ctl_quota_set},
+    {"quota", "reset", "NAME [--hour | --day]", "forget an account's usage counters",
+     ctl_quota_reset},
     {"queue", "list", "", "list messages: age, sender, recipients, state, next attempt, last error",
      ctl_queue_list},
     {"queue", "show", "QID", "one message: envelope, each recipient's state, every attempt",
@@ -405,6 +414,11 @@ static int ctl_open_store(struct ctl *ctl, struct store **st)
     return CTL_EXIT_OK;
 }
 
+int ctl_open_store_public(struct ctl *ctl, struct store **st)
+{
+    return ctl_open_store(ctl, st);
+}
+
 /* ---- passwords ------------------------------------------------------------ */
 
 /* Read one line from fd byte by byte (nothing past the newline is
@@ -648,12 +662,19 @@ static int ctl_report_store_error(struct ctl *ctl, struct store *st, int status,
     return ctl_store_status_exit(status);
 }
 
-static int ctl_set_password(struct ctl *ctl, int argc, char **argv, bool is_new)
+static int ctl_set_password(struct ctl *ctl, int argc, char **argv, bool is_new,
+                            const struct ctl_policy_changes *policy)
 {
     struct ctl_args a;
     int rc = ctl_parse_args(ctl, ctl_find("user", is_new ? "add" : "passwd"), argc, argv, &a);
-    if (rc != CTL_EXIT_OK)
+    if (rc != CTL_EXIT_OK) {
+        if (rc < 0 && is_new)
+            ctl_policy_usage(stdout);
         return rc < 0 ? CTL_EXIT_OK : rc;
+    }
+    int64_t nums[CTL_POLICY_MAX_CHANGES];
+    if (policy != NULL && (rc = ctl_policy_validate(ctl, policy, nums)) != CTL_EXIT_OK)
+        return rc; /* before anything is created */
     if ((rc = ctl_expect_args(ctl, &a, 1)) != CTL_EXIT_OK)
         return rc;
     const char *name = a.positional[0];
@@ -680,6 +701,9 @@ static int ctl_set_password(struct ctl *ctl, int argc, char **argv, bool is_new)
                         : store_user_passwd(st, name, password);
         if (status != STORE_OK) {
             rc = ctl_report_store_error(ctl, st, status, name);
+        } else if (policy != NULL && policy->count > 0 &&
+                   (rc = ctl_policy_apply(ctl, st, name, policy)) != CTL_EXIT_OK) {
+            /* validated above: only a storage error gets here */
         } else {
             char actor[256];
             ctl_actor(actor, sizeof(actor));
@@ -700,12 +724,16 @@ static int ctl_set_password(struct ctl *ctl, int argc, char **argv, bool is_new)
 
 static int ctl_user_add(struct ctl *ctl, int argc, char **argv)
 {
-    return ctl_set_password(ctl, argc, argv, true);
+    struct ctl_policy_changes policy;
+    int rc = ctl_policy_extract(ctl, &argc, argv, &policy);
+    if (rc != CTL_EXIT_OK)
+        return rc;
+    return ctl_set_password(ctl, argc, argv, true, &policy);
 }
 
 static int ctl_user_passwd(struct ctl *ctl, int argc, char **argv)
 {
-    return ctl_set_password(ctl, argc, argv, false);
+    return ctl_set_password(ctl, argc, argv, false, NULL);
 }
 
 /* user del / enable / disable: one name, one change. */
@@ -782,7 +810,9 @@ static int ctl_user_show(struct ctl *ctl, int argc, char **argv)
     if (status != STORE_OK) {
         rc = ctl_report_store_error(ctl, st, status, name);
     } else if (ctl->is_json) {
-        ctl_json_print(ctl_account_json(&acc));
+        json_t *o = ctl_account_json(&acc);
+        rc = ctl_policy_show(ctl, st, name, o);
+        ctl_json_print(o);
     } else {
         char created[64], changed[64];
         ctl_format_time(acc.created_at, created, sizeof(created));
@@ -792,6 +822,7 @@ static int ctl_user_show(struct ctl *ctl, int argc, char **argv)
         printf("Description:       %s\n", acc.description);
         printf("Created:           %s\n", created);
         printf("Password changed:  %s\n", changed);
+        rc = ctl_policy_show(ctl, st, name, NULL);
     }
     store_close(st);
     return rc;
@@ -800,6 +831,8 @@ static int ctl_user_show(struct ctl *ctl, int argc, char **argv)
 struct ctl_list_ctx {
     bool is_json;
     size_t count;
+    struct ctl *ctl;
+    struct store *st;
 };
 
 static int ctl_on_account(const struct account *a, void *arg)
@@ -807,15 +840,18 @@ static int ctl_on_account(const struct account *a, void *arg)
     struct ctl_list_ctx *ctx = arg;
     if (ctx->is_json) {
         json_t *o = ctl_account_json(a);
+        char today[64];
+        ctl_policy_today(ctx->ctl, ctx->st, a->name, today, sizeof(today), o);
         char *text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         json_decref(o);
         printf("%s  %s", ctx->count == 0 ? "" : ",\n", text != NULL ? text : "null");
         free(text);
     } else {
-        char created[64];
+        char created[64], today[64];
         ctl_format_time(a->created_at, created, sizeof(created));
-        printf("%-24s %-8s %-25s%s%s\n", a->name, a->is_enabled ? "yes" : "no", created,
-               a->description[0] != '\0' ? " " : "", a->description);
+        ctl_policy_today(ctx->ctl, ctx->st, a->name, today, sizeof(today), NULL);
+        printf("%-24s %-8s %-12s %-25s%s%s\n", a->name, a->is_enabled ? "yes" : "no", today,
+               created, a->description[0] != '\0' ? " " : "", a->description);
     }
     ctx->count++;
     return 0;
@@ -832,11 +868,12 @@ static int ctl_user_list(struct ctl *ctl, int argc, char **argv)
     struct store *st = NULL;
     if ((rc = ctl_open_store(ctl, &st)) != CTL_EXIT_OK)
         return rc;
-    struct ctl_list_ctx ctx = {.is_json = ctl->is_json};
+    struct ctl_list_ctx ctx = {.is_json = ctl->is_json, .ctl = ctl, .st = st};
     if (ctl->is_json)
         printf("[\n");
     else
-        printf("%-24s %-8s %-25s %s\n", "NAME", "ENABLED", "CREATED", "DESCRIPTION");
+        printf("%-24s %-8s %-12s %-25s %s\n", "NAME", "ENABLED", "MSGS TODAY", "CREATED",
+               "DESCRIPTION");
     int status = store_user_list(st, ctl_on_account, &ctx);
     if (ctl->is_json)
         printf("%s]\n", ctx.count > 0 ? "\n" : "");

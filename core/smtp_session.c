@@ -6,6 +6,8 @@
  * Every refusal carries a code, an enhanced status code and a sentence. */
 #include "core/smtp_session.h"
 
+#include "auth/policy.h"
+
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,6 +47,9 @@ struct smtp_session {
     unsigned errors;
     char helo[256];
     char user[256];
+    char senders[1024];        /* the account's allowed senders ("" = any), from AUTH */
+    int64_t acct_max_size;     /* the account's own limits, -1 = the listener's */
+    int64_t acct_max_rcpts;
     char tls_version[16];
     char tls_cipher[64];
     struct smtp_buf in;
@@ -363,6 +368,9 @@ void smtp_session_auth_done(struct smtp_session *s, const struct auth_outcome *o
     case AUTH_OK:
         s->is_authenticated = true;
         snprintf(s->user, sizeof(s->user), "%s", o->user);
+        snprintf(s->senders, sizeof(s->senders), "%s", o->senders);
+        s->acct_max_size = o->max_size;
+        s->acct_max_rcpts = o->max_rcpts;
         log_info(s->session_id, "auth ok user=%s mech=%s client=[%s]", user, s->auth_mech,
                  s->client_ip);
         session_reply(s, 235, "2.7.0", "Authentication successful");
@@ -439,6 +447,19 @@ static void session_cmd_mail(struct smtp_session *s, const struct smtp_command *
                       (unsigned long long)s->p.max_message_size);
         return;
     }
+    if (params.has_size && s->acct_max_size > 0 && params.size > (uint64_t)s->acct_max_size) {
+        session_error(s, 552, "5.3.4", "Message size exceeds this account's maximum (%llu bytes)",
+                      (unsigned long long)s->acct_max_size);
+        return;
+    }
+    if (!policy_sender_allowed(s->senders, addr)) {
+        char user[300];
+        log_escape(s->user, strlen(s->user), user, sizeof(user));
+        log_info(s->session_id, "reject: sender <%s> not allowed for user=%s client=[%s]", addr,
+                 user, s->client_ip);
+        session_error(s, 553, "5.7.1", "Sender <%s> is not allowed for this account", addr);
+        return;
+    }
     session_tx_reset(s);
     s->has_tx = true;
     queue_id_new(s->tx.qid);
@@ -470,10 +491,12 @@ static void session_cmd_rcpt(struct smtp_session *s, const struct smtp_command *
             session_error(s, 501, "5.1.3", "Bad recipient address syntax");
         return;
     }
-    if (s->tx.recipient_count >= s->p.max_recipients) {
+    unsigned max_rcpts = s->p.max_recipients;
+    if (s->acct_max_rcpts > 0 && (uint64_t)s->acct_max_rcpts < max_rcpts)
+        max_rcpts = (unsigned)s->acct_max_rcpts;
+    if (s->tx.recipient_count >= max_rcpts) {
         s->tx.refused_count++;
-        session_reply(s, 452, "4.5.3", "Too many recipients (at most %u per message)",
-                      s->p.max_recipients);
+        session_reply(s, 452, "4.5.3", "Too many recipients (at most %u per message)", max_rcpts);
         return;
     }
     if (session_tx_add_recipient(&s->tx, addr) < 0) {
