@@ -163,6 +163,7 @@ struct queue_due {
     char sender[512];
     char auth_user[256];
     char kind[16];
+    char owner[256];          /* the account's owner address (bounces), "" = none */
     int64_t warned_at;
     uint64_t size;
     size_t rcpt_count;

@@ -157,6 +157,21 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
         return queue_store_fail(s, st, rc, "due messages");
     }
     sqlite3_finalize(st);
+    /* the sending account's owner gets its bounces (auth's table: absent in
+     * a database the account store never opened, which is fine) */
+    sqlite3_stmt *ost = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT owner FROM accounts WHERE name = ?", -1, &ost, NULL) ==
+        SQLITE_OK) {
+        for (size_t i = 0; i < n; i++) {
+            if (due[i].auth_user[0] == '\0')
+                continue;
+            sqlite3_bind_text(ost, 1, due[i].auth_user, -1, SQLITE_STATIC);
+            if (sqlite3_step(ost) == SQLITE_ROW)
+                queue_copy_text(due[i].owner, sizeof(due[i].owner), ost, 0);
+            sqlite3_reset(ost);
+        }
+    }
+    sqlite3_finalize(ost);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         rc = queue_store_due_rcpts(s, &due[i], now);

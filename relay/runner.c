@@ -817,10 +817,13 @@ static int runner_make_dsn(struct relay_runner *r, struct relay_msg *m, struct r
     size_t nto = 0;
     bool to_sender = r->set.bounce_to == 0 || r->set.bounce_to == 2;
     bool to_admin = r->set.bounce_to == 1 || r->set.bounce_to == 2;
-    if (to_sender && m->due.sender[0] != '\0')
-        to[nto++] = m->due.sender;
+    /* a device's own sender address rarely has a mailbox: its account's
+     * owner, when set, gets the notice instead */
+    const char *sender_side = m->due.owner[0] != '\0' ? m->due.owner : m->due.sender;
+    if (to_sender && sender_side[0] != '\0')
+        to[nto++] = sender_side;
     if (to_admin && r->set.admin[0] != '\0' &&
-        (nto == 0 || strcasecmp(r->set.admin, m->due.sender) != 0))
+        (nto == 0 || strcasecmp(r->set.admin, to[0]) != 0))
         to[nto++] = r->set.admin;
     if (nto == 0) {
         log_info(m->due.qid, "no %s notice: null sender and no admin address",

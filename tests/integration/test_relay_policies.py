@@ -180,6 +180,18 @@ class RelayPolicies(harness.SmarthostCase):
         self.assertEqual(info["attempts"], [])
         self.assertEqual(len(peer.messages), 1)
 
+    def test_bounce_goes_to_the_account_owner(self):
+        sink = self.world.peer("accept")
+        d = self.dns({"owner.test": [f"A {sink.addr}"], "sender.test": [f"A {sink.addr}"],
+                      "nullmx.test": ["MX 0 ."]})
+        sh = self.start_smarthost(config={"relay": {"enabled": "yes", "dns_servers": d.servers}})
+        sh.ctl("user", "set", "alice", "--owner", "it@owner.test")
+        qid = self.submit(sh, ["x@nullmx.test"])
+        self.wait_state(sh, qid, "bounced", "null MX bounced")
+        dsn = harness.wait_until(lambda: next((m for m in sink.messages if qid.encode() in m["data"]),
+                                              None), "the bounce")
+        self.assertEqual(dsn["rcpts"], ["it@owner.test"], "the owner, not the device's sender")
+
     # ---- time in the queue ----
     def test_delay_warning_then_lifetime_bounce_to_admin(self):
         sink = self.world.peer("accept")
