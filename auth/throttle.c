@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -453,4 +454,82 @@ void throttle_record_success(struct throttle *t, const char *ip, const char *use
             throttle_remove(t, e);
     }
     pthread_mutex_unlock(&t->mutex);
+}
+
+/* ---- admin view ----------------------------------------------------------- */
+
+static void throttle_key_text(const struct throttle_entry *e, char *out, size_t size,
+                              const char **kind)
+{
+    const uint8_t *k = e->key;
+    switch (k[0]) {
+    case THROTTLE_KIND_IP4:
+        *kind = "ip";
+        inet_ntop(AF_INET, k + 1, out, (socklen_t)size);
+        return;
+    case THROTTLE_KIND_IP6: {
+        *kind = "ip";
+        uint8_t a[16] = {0};
+        memcpy(a, k + 1, 8);
+        char text[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, a, text, sizeof(text));
+        snprintf(out, size, "%s/64", text);
+        return;
+    }
+    case THROTTLE_KIND_IP_TEXT:
+        *kind = "ip";
+        break;
+    default:
+        *kind = "account";
+        break;
+    }
+    size_t n = (size_t)e->key_len - 1;
+    if (n > size - 1)
+        n = size - 1;
+    memcpy(out, k + 1, n);
+    out[n] = '\0';
+}
+
+void throttle_list_locked(struct throttle *t, uint64_t now_ms,
+                          void (*cb)(const char *kind, const char *what, uint64_t left_ms,
+                                     uint32_t failures, void *arg),
+                          void *arg)
+{
+    pthread_mutex_lock(&t->mutex);
+    for (struct throttle_entry *e = t->lru_newest; e != NULL; e = e->lru_prev) {
+        if (e->locked_until <= now_ms)
+            continue;
+        char what[THROTTLE_KEY_MAX + 8];
+        const char *kind;
+        throttle_key_text(e, what, sizeof(what), &kind);
+        cb(kind, what, e->locked_until - now_ms, e->failures, arg);
+    }
+    pthread_mutex_unlock(&t->mutex);
+}
+
+bool throttle_unlock(struct throttle *t, const char *ip_or_user)
+{
+    uint8_t key[THROTTLE_KEY_MAX];
+    bool found = false;
+    pthread_mutex_lock(&t->mutex);
+    /* as an address (v6 by its /64; "2001:db8::/64" accepted), then as an account */
+    char ip[INET6_ADDRSTRLEN + 4];
+    snprintf(ip, sizeof(ip), "%s", ip_or_user);
+    char *slash = strchr(ip, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    for (int pass = 0; pass < 2; pass++) {
+        size_t len = pass == 0 ? throttle_key_ip(ip, key) : throttle_key_account(ip_or_user, key);
+        if (pass == 0 && key[0] == THROTTLE_KIND_IP_TEXT)
+            continue;
+        struct throttle_entry *e =
+            throttle_find(t, key, len, throttle_siphash(t->sip_key, key, len));
+        if (e != NULL && (e->locked_until != 0 || e->failures != 0)) {
+            e->locked_until = 0;
+            e->failures = 0;
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&t->mutex);
+    return found;
 }

@@ -40,4 +40,15 @@ uint32_t throttle_record_failure(struct throttle *t, const char *ip, const char 
                                  uint64_t now_ms, bool *locked_now);
 void throttle_record_success(struct throttle *t, const char *ip, const char *user);
 
+/* Lockouts in force at now_ms: cb once per locked client address ("ip";
+ * IPv6 as its /64) or account ("account"), with the time left. For
+ * `smarthostctl auth lockouts` (through the daemon's control socket). */
+void throttle_list_locked(struct throttle *t, uint64_t now_ms,
+                          void (*cb)(const char *kind, const char *what, uint64_t left_ms,
+                                     uint32_t failures, void *arg),
+                          void *arg);
+/* Lift the lockout and forget the failures of an address or an account.
+ * Returns true when there was something to forget. */
+bool throttle_unlock(struct throttle *t, const char *ip_or_user);
+
 #endif

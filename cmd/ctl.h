@@ -81,6 +81,8 @@ int ctl_user_set(struct ctl *ctl, int argc, char **argv);
 int ctl_quota_show(struct ctl *ctl, int argc, char **argv);
 int ctl_quota_set(struct ctl *ctl, int argc, char **argv);
 int ctl_quota_reset(struct ctl *ctl, int argc, char **argv);
+int ctl_auth_lockouts(struct ctl *ctl, int argc, char **argv);
+int ctl_auth_unlock(struct ctl *ctl, int argc, char **argv);
 
 /* cmd/ctl_queue.c */
 int ctl_queue_list(struct ctl *ctl, int argc, char **argv);

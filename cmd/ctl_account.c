@@ -484,3 +484,118 @@ int ctl_quota_reset(struct ctl *ctl, int argc, char **argv)
     store_close(st);
     return rc;
 }
+
+/* ---- AUTH lockouts (in the daemon's memory: asked over the control socket) ---- */
+
+#include "core/control.h"
+
+static int ctl_auth_request(struct ctl *ctl, const char *command, char *reply, size_t size)
+{
+    int rc = ctl_load_config(ctl);
+    if (rc != CTL_EXIT_OK)
+        return rc;
+    int err = control_request(ctl->cfg->relay_control_socket, command, reply, size, 5000);
+    if (err < 0) {
+        ctl_error(ctl, "smarthostd is not answering on %s (%s): lockouts live in the running "
+                       "daemon's memory",
+                  ctl->cfg->relay_control_socket, strerror(-err));
+        return CTL_EXIT_RUNTIME;
+    }
+    if (strncmp(reply, "ok", 2) != 0) {
+        ctl_error(ctl, "smarthostd said: %s", reply);
+        return CTL_EXIT_RUNTIME;
+    }
+    return CTL_EXIT_OK;
+}
+
+static int ctl_auth_args(struct ctl *ctl, const char *name, int argc, char **argv, int want,
+                         const char **arg)
+{
+    const struct option options[] = {
+        {"json", no_argument, NULL, 'j'}, {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+    };
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":c:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'j': ctl->is_json = true; break;
+        case 'c':
+            ctl->config_path = optarg;
+            ctl->is_config_explicit = true;
+            break;
+        case 'h': ctl_command_usage(ctl_find("auth", name), stdout); return -1;
+        default: ctl_error(ctl, "unknown option '%s' (see --help)", argv[optind - 1]); return CTL_EXIT_USAGE;
+        }
+    }
+    if (argc - optind != want) {
+        ctl_error(ctl, want ? "expected one address or account name (see --help)"
+                            : "unexpected argument (see --help)");
+        return CTL_EXIT_USAGE;
+    }
+    if (want)
+        *arg = argv[optind];
+    return CTL_EXIT_OK;
+}
+
+int ctl_auth_lockouts(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = ctl_auth_args(ctl, "lockouts", argc, argv, 0, NULL);
+    if (rc != CTL_EXIT_OK)
+        return rc < 0 ? CTL_EXIT_OK : rc;
+    char *reply = malloc(CONTROL_REPLY_MAX);
+    if (reply == NULL)
+        return CTL_EXIT_RUNTIME;
+    rc = ctl_auth_request(ctl, "lockouts", reply, CONTROL_REPLY_MAX);
+    if (rc == CTL_EXIT_OK) {
+        json_error_t jerr;
+        json_t *list = json_loads(reply + 3, 0, &jerr);
+        if (!json_is_array(list)) {
+            ctl_error(ctl, "unreadable answer from smarthostd");
+            rc = CTL_EXIT_RUNTIME;
+        } else if (ctl->is_json) {
+            ctl_json_print(json_incref(list));
+        } else {
+            printf("%-8s %-40s %10s %8s\n", "KIND", "WHAT", "LEFT", "FAILURES");
+            size_t i;
+            json_t *e;
+            json_array_foreach(list, i, e) {
+                char left[32];
+                ctl_format_age(json_integer_value(json_object_get(e, "left_s")), left, sizeof(left));
+                printf("%-8s %-40s %10s %8lld\n", json_string_value(json_object_get(e, "kind")),
+                       json_string_value(json_object_get(e, "what")), left,
+                       (long long)json_integer_value(json_object_get(e, "failures")));
+            }
+            printf("%zu lockout%s\n", json_array_size(list), json_array_size(list) == 1 ? "" : "s");
+        }
+        json_decref(list);
+    }
+    free(reply);
+    return rc;
+}
+
+int ctl_auth_unlock(struct ctl *ctl, int argc, char **argv)
+{
+    const char *what = NULL;
+    int rc = ctl_auth_args(ctl, "unlock", argc, argv, 1, &what);
+    if (rc != CTL_EXIT_OK)
+        return rc < 0 ? CTL_EXIT_OK : rc;
+    if (strlen(what) > 255 || strpbrk(what, " \t\r\n") != NULL) {
+        ctl_error(ctl, "\"%s\" is not an address or an account name", what);
+        return CTL_EXIT_USAGE;
+    }
+    char command[300], reply[CONTROL_LINE_MAX];
+    snprintf(command, sizeof(command), "unlock %s", what);
+    if ((rc = ctl_auth_request(ctl, command, reply, sizeof(reply))) != CTL_EXIT_OK)
+        return rc;
+    bool found = strcmp(reply, "ok unlocked") == 0;
+    char actor[256];
+    ctl_actor(actor, sizeof(actor));
+    log_info(NULL, "auth unlock what=%s by=%s result=%s", what, actor, found ? "unlocked" : "none");
+    if (ctl->is_json)
+        ctl_json_print(json_pack("{s:s,s:b}", "unlock", what, "found", found));
+    else
+        printf(found ? "%s: unlocked\n" : "%s: no lockout or failures recorded\n", what);
+    return found ? CTL_EXIT_OK : CTL_EXIT_NOT_FOUND;
+}

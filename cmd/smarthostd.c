@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth/auth.h"
@@ -38,18 +39,72 @@ static void usage(FILE *fp)
 }
 
 /* The control socket's commands (core/control.c runs this on its thread). */
+struct control_ctx {
+    struct relay_runner *runner;
+    struct throttle *throttle;
+};
+
+struct lockout_list {
+    char *out;
+    size_t size, len;
+    size_t count;
+};
+
+static void on_lockout(const char *kind, const char *what, uint64_t left_ms, uint32_t failures,
+                       void *arg)
+{
+    struct lockout_list *l = arg;
+    char esc[600];
+    log_escape(what, strlen(what), esc, sizeof(esc));
+    /* JSON string: log_escape leaves printable ASCII; quote and backslash escaped here */
+    char js[1300];
+    size_t k = 0;
+    for (const char *p = esc; *p != '\0' && k + 2 < sizeof(js); p++) {
+        if (*p == '"' || *p == '\\')
+            js[k++] = '\\';
+        js[k++] = *p;
+    }
+    js[k] = '\0';
+    int n = snprintf(l->out + l->len, l->size - l->len,
+                     "%s{\"kind\":\"%s\",\"what\":\"%s\",\"left_s\":%llu,\"failures\":%u}",
+                     l->count ? "," : "", kind, js, (unsigned long long)((left_ms + 999) / 1000),
+                     failures);
+    if (n > 0 && (size_t)n < l->size - l->len - 2) {
+        l->len += (size_t)n;
+        l->count++;
+    }
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* the clock the sessions give the throttle */
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void on_control(const char *command, char *reply, size_t reply_size, void *arg)
 {
-    struct relay_runner *runner = arg;
+    struct control_ctx *ctx = arg;
     if (strcmp(command, "ping") == 0) {
         snprintf(reply, reply_size, "ok smarthostd %s", SMARTHOST_VERSION);
     } else if (strcmp(command, "wake") == 0) {
-        if (runner == NULL) {
+        if (ctx->runner == NULL) {
             snprintf(reply, reply_size, "ok relay disabled");
         } else {
-            relay_runner_wake(runner);
+            relay_runner_wake(ctx->runner);
             snprintf(reply, reply_size, "ok");
         }
+    } else if (strcmp(command, "lockouts") == 0) {
+        struct lockout_list l = {.out = reply, .size = reply_size};
+        l.len = (size_t)snprintf(reply, reply_size, "ok [");
+        throttle_list_locked(ctx->throttle, wall_ms(), on_lockout, &l);
+        snprintf(reply + l.len, reply_size - l.len, "]");
+    } else if (strncmp(command, "unlock ", 7) == 0) {
+        bool found = throttle_unlock(ctx->throttle, command + 7);
+        char esc[300];
+        log_escape(command + 7, strlen(command + 7), esc, sizeof(esc));
+        log_info(NULL, "auth unlock %s by smarthostctl: %s", esc, found ? "done" : "nothing to do");
+        snprintf(reply, reply_size, "ok %s", found ? "unlocked" : "none");
     } else {
         snprintf(reply, reply_size, "error unknown command");
     }
@@ -188,7 +243,8 @@ int main(int argc, char **argv)
         log_info(NULL, "relay disabled ([relay] enabled = no): accepted mail stays queued");
     }
     struct control *control = NULL;
-    if (control_start(run_cfg->relay_control_socket, on_control, runner, &control, err,
+    struct control_ctx control_ctx = {.runner = runner, .throttle = throttle};
+    if (control_start(run_cfg->relay_control_socket, on_control, &control_ctx, &control, err,
                       sizeof(err)) < 0)
         log_warn(NULL, "%s (smarthostctl changes then apply at the next queue scan)", err);
 

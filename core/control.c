@@ -98,21 +98,24 @@ static int control_write_all(int fd, const char *buf, size_t len)
 static void control_serve_one(struct control *c, int fd)
 {
     char line[CONTROL_LINE_MAX];
-    char reply[CONTROL_LINE_MAX] = "";
     int n = control_read_line(fd, line, sizeof(line), CONTROL_IO_TIMEOUT_MS);
     if (n < 0)
+        return;
+    char *reply = calloc(1, CONTROL_REPLY_MAX);
+    if (reply == NULL)
         return;
     bool is_printable = true;
     for (const char *p = line; *p != '\0'; p++)
         if ((unsigned char)*p < ' ' || (unsigned char)*p > '~')
             is_printable = false;
-    if (!is_printable || n == 0)
-        snprintf(reply, sizeof(reply), "error unreadable command");
+    if (is_printable && n > 0)
+        c->handler(line, reply, CONTROL_REPLY_MAX - 2, c->arg);
     else
-        c->handler(line, reply, sizeof(reply), c->arg);
-    size_t len = strnlen(reply, sizeof(reply) - 2);
+        snprintf(reply, CONTROL_REPLY_MAX, "error unreadable command");
+    size_t len = strnlen(reply, CONTROL_REPLY_MAX - 2);
     reply[len++] = '\n';
     control_write_all(fd, reply, len);
+    free(reply);
 }
 
 static void *control_run(void *arg)

@@ -8,7 +8,8 @@
 
 #include <stddef.h>
 
-#define CONTROL_LINE_MAX 512
+#define CONTROL_LINE_MAX 512     /* a command */
+#define CONTROL_REPLY_MAX 65536  /* a reply (one line, e.g. a JSON list) */
 
 /* Runs on the control thread: write one reply line (no newline) into reply. */
 typedef void (*control_handler)(const char *command, char *reply, size_t reply_size, void *arg);
