@@ -58,6 +58,7 @@ static int config_check_server_list(const char *value, char *why, size_t why_siz
 static int config_check_tls_policy(const char *value, char *why, size_t why_size);
 static int config_check_rate_limit(const char *value, char *why, size_t why_size);
 static int config_check_relayhost(const char *value, char *why, size_t why_size);
+static int config_check_trusted(const char *value, char *why, size_t why_size);
 
 static const int config_log_level_map[] = {LOG_LEVEL_ERR, LOG_LEVEL_WARN, LOG_LEVEL_INFO,
                                            LOG_LEVEL_DEBUG};
@@ -269,6 +270,13 @@ static const struct config_key config_key_table[] = {
     {.section = "listener", .name = "allow_plaintext_auth", .type = CONFIG_BOOL,
      .default_value = "no", LISTENER_FIELD(allow_plaintext_auth),
      .doc = "Accept AUTH without TLS (trusted networks only); mode = plain needs it."},
+    {.section = "listener", .name = "trusted_networks", .type = CONFIG_STRING,
+     .default_value = "", .max = 4096, .check = config_check_trusted,
+     LISTENER_FIELD(trusted_networks),
+     .doc = "Devices without AUTH: CIDR=ACCOUNT, comma-separated; its policy applies."},
+    {.section = "listener", .name = "trusted_networks_force", .type = CONFIG_BOOL,
+     .default_value = "no", LISTENER_FIELD(trusted_networks_force),
+     .doc = "Allow trusted networks wider than /16 (IPv6 /48) or in public ranges."},
 };
 
 #define CONFIG_KEY_COUNT (sizeof(config_key_table) / sizeof(config_key_table[0]))
@@ -1299,6 +1307,123 @@ static bool config_blame(const unsigned *lines, const char *section, const char 
     return a != 0;
 }
 
+/* One trusted network entry "CIDR=ACCOUNT": parsed into its parts. */
+struct config_trusted {
+    int family;
+    unsigned char addr[16];
+    unsigned bits;
+    char account[256];
+};
+
+static int config_parse_trusted(const char *key, const char *value, struct config_trusted *t)
+{
+    char ip[64];
+    const char *slash = strchr(key, '/');
+    size_t n = slash ? (size_t)(slash - key) : strlen(key);
+    if (n == 0 || n >= sizeof(ip))
+        return -1;
+    memcpy(ip, key, n);
+    ip[n] = '\0';
+    memset(t, 0, sizeof(*t));
+    if (inet_pton(AF_INET, ip, t->addr) == 1) {
+        t->family = AF_INET;
+        t->bits = 32;
+    } else if (inet_pton(AF_INET6, ip, t->addr) == 1) {
+        t->family = AF_INET6;
+        t->bits = 128;
+    } else {
+        return -1;
+    }
+    if (slash != NULL) {
+        uint64_t b;
+        if (config_parse_uint(slash + 1, &b) < 0 || b > t->bits)
+            return -1;
+        t->bits = (unsigned)b;
+    }
+    size_t vlen = strlen(value);
+    if (vlen == 0 || vlen >= sizeof(t->account))
+        return -1;
+    for (const char *c = value; *c; c++)
+        if ((unsigned char)*c <= ' ' || (unsigned char)*c > '~')
+            return -1;
+    memcpy(t->account, value, vlen + 1);
+    return 0;
+}
+
+/* RFC 1918, loopback, link-local, CGNAT (IPv4); ULA, link-local, loopback (IPv6). */
+static bool config_trusted_is_private(const struct config_trusted *t)
+{
+    const unsigned char *a = t->addr;
+    if (t->family == AF_INET)
+        return (a[0] == 10 && t->bits >= 8) || (a[0] == 172 && (a[1] & 0xf0) == 16 && t->bits >= 12) ||
+               (a[0] == 192 && a[1] == 168 && t->bits >= 16) || (a[0] == 127 && t->bits >= 8) ||
+               (a[0] == 169 && a[1] == 254 && t->bits >= 16) ||
+               (a[0] == 100 && (a[1] & 0xc0) == 64 && t->bits >= 10);
+    static const unsigned char loop6[16] = {[15] = 1};
+    return ((a[0] & 0xfe) == 0xfc && t->bits >= 7) || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80 &&
+                                                       t->bits >= 10) ||
+           (memcmp(a, loop6, 16) == 0 && t->bits == 128);
+}
+
+static int config_check_trusted(const char *value, char *why, size_t why_size)
+{
+    const char *p = value;
+    char key[128], account[256];
+    int rc;
+    while ((rc = config_map_next(&p, key, sizeof(key), account, sizeof(account))) > 0) {
+        struct config_trusted t;
+        if (config_parse_trusted(key, account, &t) < 0) {
+            snprintf(why, why_size, "bad entry \"%s=%s\": expected CIDR=ACCOUNT, e.g. "
+                                    "192.168.10.0/24=printers", key, account);
+            return -1;
+        }
+    }
+    if (rc < 0) {
+        snprintf(why, why_size, "expected CIDR=ACCOUNT entries, comma-separated");
+        return -1;
+    }
+    return 0;
+}
+
+const char *config_trusted_account(const struct listener_config *l, const char *client_ip,
+                                   char *out, size_t out_size)
+{
+    if (l->trusted_networks == NULL || l->trusted_networks[0] == '\0')
+        return NULL;
+    unsigned char a[16];
+    int family;
+    if (inet_pton(AF_INET, client_ip, a) == 1) {
+        family = AF_INET;
+    } else if (inet_pton(AF_INET6, client_ip, a) == 1) {
+        family = AF_INET6;
+        static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+        if (memcmp(a, mapped, 12) == 0) {
+            memmove(a, a + 12, 4);
+            family = AF_INET;
+        }
+    } else {
+        return NULL;
+    }
+    const char *p = l->trusted_networks;
+    char key[128], account[256];
+    while (config_map_next(&p, key, sizeof(key), account, sizeof(account)) > 0) {
+        struct config_trusted t;
+        if (config_parse_trusted(key, account, &t) < 0 || t.family != family)
+            continue;
+        unsigned full = t.bits / 8, rest = t.bits % 8;
+        if (memcmp(a, t.addr, full) != 0)
+            continue;
+        if (rest != 0) {
+            unsigned char mask = (unsigned char)(0xff << (8 - rest));
+            if ((a[full] & mask) != (t.addr[full] & mask))
+                continue;
+        }
+        snprintf(out, out_size, "%s", t.account);
+        return out;
+    }
+    return NULL;
+}
+
 /* Rules that involve more than one key, checked once the file is read. */
 static void config_check_relations(struct config_parser *p)
 {
@@ -1334,6 +1459,28 @@ static void config_check_relations(struct config_parser *p)
             config_fail(p, p->listener_line[i],
                         "[listener %s] address: missing (a listener needs at least one)", l->name);
             return;
+        }
+        if (l->trusted_networks != NULL && l->trusted_networks[0] != '\0' &&
+            !l->trusted_networks_force) {
+            const char *q = l->trusted_networks;
+            char key[128], account[256];
+            size_t tn_index = config_key_index("listener", "trusted_networks");
+            while (config_map_next(&q, key, sizeof(key), account, sizeof(account)) > 0) {
+                struct config_trusted t;
+                if (config_parse_trusted(key, account, &t) < 0)
+                    continue;
+                unsigned min_bits = t.family == AF_INET ? 16 : 48;
+                if (t.bits < min_bits || !config_trusted_is_private(&t)) {
+                    config_fail(p, p->listener_key_line[i][tn_index],
+                                "[listener %s] trusted_networks: %s is %s; mail from it needs no "
+                                "password, so this is refused unless trusted_networks_force = yes",
+                                l->name, key,
+                                t.bits < min_bits ? (t.family == AF_INET ? "wider than /16"
+                                                                         : "wider than /48")
+                                                  : "not a private range");
+                    return;
+                }
+            }
         }
         if (l->mode == LISTENER_PLAIN && !l->allow_plaintext_auth) {
             config_fail(p, p->listener_key_line[i][mode_index],

@@ -39,6 +39,10 @@ struct listener_config {
     char *tls_priority;        /* GnuTLS priority string */
     enum bare_lf_policy bare_lf;
     bool allow_plaintext_auth; /* AUTH without TLS (legacy devices, trusted LAN) */
+    /* devices that cannot do TLS or AUTH: "192.0.2.0/24=printers, …", each
+     * network mapped to the account whose policy and quotas apply */
+    char *trusted_networks;
+    bool trusted_networks_force; /* allow wider than /16 (/48) or public ranges */
 };
 
 struct config {
@@ -181,6 +185,11 @@ int config_parse_rate(const char *s, struct config_rate *out);
 
 /* "host:port" or "[v6 or name]:port" → host and port. Returns 0 or -1. */
 int config_split_hostport(const char *s, char *host, size_t host_size, unsigned *port);
+
+/* The account a client address maps to on a listener's trusted_networks, or
+ * NULL. */
+const char *config_trusted_account(const struct listener_config *l, const char *client_ip,
+                                   char *out, size_t out_size);
 
 /* Write the whole file format with defaults, every key commented, to fp
  * (used for packaging/smarthost.conf and the man page). */

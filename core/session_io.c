@@ -564,6 +564,8 @@ void conn_accept(struct worker *w, uv_stream_t *listener, size_t listener_index)
         .max_line_length = cfg->max_line_length,
         .max_errors = cfg->max_errors,
     };
+    char trusted[256];
+    p.trusted_account = config_trusted_account(lc, c->ip, trusted, sizeof(trusted));
     c->engine = smtp_session_new(&p);
     char listener_name[64];
     snprintf(listener_name, sizeof(listener_name), "%s", lc->name);

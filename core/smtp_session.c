@@ -50,6 +50,7 @@ struct smtp_session {
     char senders[1024];        /* the account's allowed senders ("" = any), from AUTH */
     int64_t acct_max_size;     /* the account's own limits, -1 = the listener's */
     int64_t acct_max_rcpts;
+    bool is_trusted;           /* by network, not by password */
     char tls_version[16];
     char tls_cipher[64];
     struct smtp_buf in;
@@ -184,7 +185,8 @@ static int session_tx_add_recipient(struct smtp_tx *tx, const char *addr)
 
 static bool session_requires_tls(const struct smtp_session *s)
 {
-    return s->p.mode == LISTENER_STARTTLS && !s->is_tls && !s->p.allow_plaintext_auth;
+    return s->p.mode == LISTENER_STARTTLS && !s->is_tls && !s->p.allow_plaintext_auth &&
+           !s->is_trusted;
 }
 
 static bool session_offers_auth(const struct smtp_session *s)
@@ -563,8 +565,9 @@ static int session_build_header(struct smtp_session *s)
     time_t now = s->p.clock != NULL ? s->p.clock() : time(NULL);
     char date[64];
     session_format_date(now, date, sizeof(date));
-    const char *with = s->is_esmtp ? (s->is_tls ? (s->is_authenticated ? "ESMTPSA" : "ESMTPS")
-                                                : (s->is_authenticated ? "ESMTPA" : "ESMTP"))
+    bool is_auth = s->is_authenticated && !s->is_trusted; /* RFC 3848: SASL only */
+    const char *with = s->is_esmtp ? (s->is_tls ? (is_auth ? "ESMTPSA" : "ESMTPS")
+                                                : (is_auth ? "ESMTPA" : "ESMTP"))
                                    : "SMTP";
     tx->header.cap_max = 8192;
     /* RFC 5321 §4.1.3 address literal: IPv6 addresses carry the "IPv6:" tag. */
@@ -574,7 +577,9 @@ static int session_build_header(struct smtp_session *s)
                                with);
     if (r == 0 && s->is_tls)
         r = session_header_add(&tx->header, " (%s %s)", s->tls_version, s->tls_cipher);
-    if (r == 0 && s->is_authenticated)
+    if (r == 0 && s->is_trusted)
+        r = session_header_add(&tx->header, "\r\n\t(trusted network, account %s)", s->user);
+    else if (r == 0 && s->is_authenticated)
         r = session_header_add(&tx->header, "\r\n\t(authenticated as %s)", s->user);
     if (r == 0)
         r = session_header_add(&tx->header, "\r\n\tid %s;\r\n\t%s\r\n", tx->qid, date);
@@ -768,6 +773,16 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p)
     s->in.cap_max = (size_t)p->max_line_length + SESSION_INPUT_SLACK;
     s->out.cap_max = SESSION_OUTPUT_MAX;
     s->state = SESSION_STATE_CONNECTED;
+    s->acct_max_size = s->acct_max_rcpts = -1;
+    if (p->trusted_account != NULL && p->trusted_account[0] != '\0') {
+        /* its sender policy, limits and quotas are checked when it commits */
+        s->is_trusted = true;
+        s->is_authenticated = true;
+        snprintf(s->user, sizeof(s->user), "%s", p->trusted_account);
+        log_info(s->session_id, "trusted network client=[%s] account=%s listener=%s",
+                 s->client_ip, s->user, s->listener_name);
+    }
+    s->p.trusted_account = NULL; /* borrowed pointer: not kept */
     if (p->mode != LISTENER_IMPLICIT)
         session_reply(s, 220, "2.0.0", "%s ESMTP smarthost", s->hostname);
     return s;

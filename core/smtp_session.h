@@ -55,6 +55,9 @@ struct smtp_session_params {
     unsigned max_line_length;
     unsigned max_errors;
     time_t (*clock)(void);    /* wall clock for Date: / Received:; NULL = time() */
+    /* the client is on one of the listener's trusted_networks: no TLS or AUTH
+     * needed, mail is sent as this account (its policy and quotas apply) */
+    const char *trusted_account;
 };
 
 struct smtp_session;

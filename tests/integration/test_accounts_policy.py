@@ -127,6 +127,11 @@ class AccountsPolicy(harness.SmarthostCase):
         self.assertIn("resets at", text)
         info = json.loads(self.ctl("quota", "show", self.name, "--json").stdout)
         self.assertEqual(info["limits"]["msgs_per_hour"]["used"], 2, "refused ones not counted")
+        s.close()
+        self.sh.stop()
+        self.sh.start()  # counters survive a restart
+        s = self.smtp()
+        self.assertEqual(self.send(s)[0], 452)
         self.ctl("quota", "reset", self.name, "--hour")
         self.assertEqual(self.send(s)[0], 250)
 
