@@ -7,6 +7,7 @@
  * known one, so response time does not reveal which names exist. */
 #include "auth/store.h"
 
+#include "auth/authcache.h"
 #include "auth/policy.h"
 
 #include <limits.h>
@@ -591,8 +592,15 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
         return STORE_AUTH_ERROR;
     }
     /* The hash is computed for a disabled account too, so that a disabled
-     * account takes as long as any other failure. */
-    bool is_match = password_verify(password, hash);
+     * account takes as long as any other failure. A device reconnecting
+     * with the password verified a moment ago skips yescrypt (authcache.h:
+     * keyed on the stored hash, so a password change misses at once). */
+    bool is_match = is_enabled && authcache_check(name, hash, password);
+    if (!is_match) {
+        is_match = password_verify(password, hash);
+        if (is_match && is_enabled)
+            authcache_put(name, hash, password);
+    }
     explicit_bzero(hash, sizeof(hash));
     if (!is_enabled)
         return STORE_AUTH_DISABLED;

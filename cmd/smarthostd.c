@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "auth/authcache.h"
 #include "auth/throttle.h"
 #include "core/config.h"
 #include "core/control.h"
@@ -216,6 +217,10 @@ int main(int argc, char **argv)
         log_err(NULL, "cannot open the queue database %s", database);
         return 1;
     }
+    if (authcache_init(server_config(srv)->auth_cache_size) < 0) {
+        log_err(NULL, "cannot create the authentication cache");
+        return 1;
+    }
     struct throttle *throttle = throttle_new(&tp);
     if (throttle == NULL || auth_global_init(database, busy_ms, throttle) < 0) {
         log_err(NULL, "cannot initialise authentication (are libsasl2-modules installed?)");
@@ -254,6 +259,7 @@ int main(int argc, char **argv)
     relay_runner_stop(runner);
     queue_close(queue); /* every accepted message is committed before exit */
     auth_global_done();
+    authcache_done();
     throttle_free(throttle);
     server_free(srv);
     free(user);

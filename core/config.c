@@ -145,6 +145,9 @@ static const struct config_key config_key_table[] = {
     {.section = "auth", .name = "failure_window", .type = CONFIG_DURATION,
      .default_value = "1h", .min = MS_PER_S, .max = 7 * MS_PER_D,
      CONFIG_FIELD(auth_failure_window_ms), .doc = "Failures older than this are forgotten."},
+    {.section = "auth", .name = "cache_size", .type = CONFIG_UINT, .default_value = "4096",
+     .max = 1000000, CONFIG_FIELD(auth_cache_size),
+     .doc = "Recently verified logins kept (HMAC, not passwords); 0 = off."},
 
     {.section = "queue", .name = "busy_timeout", .type = CONFIG_DURATION,
      .default_value = "5s", .min = 100, .max = 10 * MS_PER_M,

@@ -81,6 +81,7 @@ struct config {
     unsigned auth_account_lockout_failures; /* failures per account before lockout */
     uint64_t auth_lockout_ms;         /* how long a lockout lasts */
     uint64_t auth_failure_window_ms;  /* failures older than this are forgotten */
+    unsigned auth_cache_size;         /* verified credentials kept (0 = no cache) */
 
     /* [queue] */
     uint64_t queue_busy_timeout_ms;   /* SQLite busy wait before 452 4.3.1 */

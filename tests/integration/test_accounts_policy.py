@@ -114,6 +114,32 @@ class AccountsPolicy(harness.SmarthostCase):
         self.assertEqual(code, 552)
         s.rset()
 
+    def test_cached_logins_follow_password_disable_and_delete(self):
+        for _ in range(3):  # the second and third logins come from the cache
+            self.smtp().quit()
+        self.sh.ctl("user", "passwd", self.name, "--password-stdin", input="new-Secret-8\n")
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            self.smtp()  # the old password, verified a moment ago, no longer works
+        s = smtplib.SMTP("127.0.0.1", self.sh.ports["submission"], timeout=harness.IO_TIMEOUT)
+        self.addCleanup(s.close)
+        s.starttls(context=self.sh.client_context())
+        s.login(self.name, "new-Secret-8")
+        s.quit()
+        global PW
+        old, PW = PW, "new-Secret-8"
+        try:
+            self.smtp().quit()
+            self.ctl("user", "disable", self.name)
+            with self.assertRaises(smtplib.SMTPAuthenticationError):
+                self.smtp()
+            self.ctl("user", "enable", self.name)
+            self.smtp().quit()
+            self.ctl("user", "del", self.name)
+            with self.assertRaises(smtplib.SMTPAuthenticationError):
+                self.smtp()
+        finally:
+            PW = old
+
     # ---- quotas ----
     def test_hourly_quota_and_reset(self):
         self.ctl("quota", "set", self.name, "--msgs-per-hour", "2")

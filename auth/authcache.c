@@ -1,0 +1,170 @@
+/* authcache.c — see authcache.h. A set-associative table: the user name
+ * picks a set of AUTHCACHE_WAYS entries; the oldest entry of the set is
+ * replaced. Comparisons of the secrets are constant-time. */
+#include "auth/authcache.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+
+#define AUTHCACHE_WAYS 4
+#define AUTHCACHE_DIGEST 32
+#define AUTHCACHE_USER_MAX 256
+
+struct authcache_entry {
+    uint64_t used_at;                   /* tick of the last hit or put; 0 = empty */
+    char user[AUTHCACHE_USER_MAX];
+    uint8_t hash_digest[AUTHCACHE_DIGEST];
+    uint8_t secret[AUTHCACHE_DIGEST];   /* HMAC(key, password) */
+};
+
+static struct {
+    pthread_mutex_t lock;
+    struct authcache_entry *entries;
+    size_t sets;
+    uint64_t tick;
+    uint8_t key[32];
+    unsigned long long hits, misses;
+} authcache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+int authcache_init(size_t max_entries)
+{
+    pthread_mutex_lock(&authcache.lock);
+    free(authcache.entries);
+    authcache.entries = NULL;
+    authcache.sets = 0;
+    int rc = 0;
+    if (max_entries > 0) {
+        size_t sets = (max_entries + AUTHCACHE_WAYS - 1) / AUTHCACHE_WAYS;
+        authcache.entries = calloc(sets * AUTHCACHE_WAYS, sizeof(*authcache.entries));
+        if (authcache.entries == NULL) {
+            rc = -ENOMEM;
+        } else if (getrandom(authcache.key, sizeof(authcache.key), 0) !=
+                   (ssize_t)sizeof(authcache.key)) {
+            free(authcache.entries);
+            authcache.entries = NULL;
+            rc = -EIO;
+        } else {
+            authcache.sets = sets;
+        }
+    }
+    authcache.hits = authcache.misses = 0;
+    pthread_mutex_unlock(&authcache.lock);
+    return rc;
+}
+
+void authcache_done(void)
+{
+    pthread_mutex_lock(&authcache.lock);
+    if (authcache.entries != NULL)
+        explicit_bzero(authcache.entries,
+                       authcache.sets * AUTHCACHE_WAYS * sizeof(*authcache.entries));
+    free(authcache.entries);
+    authcache.entries = NULL;
+    authcache.sets = 0;
+    explicit_bzero(authcache.key, sizeof(authcache.key));
+    pthread_mutex_unlock(&authcache.lock);
+}
+
+static uint64_t authcache_fnv(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+static bool authcache_digests(const char *stored_hash, const char *password,
+                              uint8_t hash_digest[AUTHCACHE_DIGEST],
+                              uint8_t secret[AUTHCACHE_DIGEST])
+{
+    if (gnutls_hash_fast(GNUTLS_DIG_SHA256, stored_hash, strlen(stored_hash), hash_digest) < 0)
+        return false;
+    return gnutls_hmac_fast(GNUTLS_MAC_SHA256, authcache.key, sizeof(authcache.key), password,
+                            strlen(password), secret) >= 0;
+}
+
+static bool authcache_equal(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d |= a[i] ^ b[i];
+    return d == 0;
+}
+
+bool authcache_check(const char *user, const char *stored_hash, const char *password)
+{
+    if (strlen(user) >= AUTHCACHE_USER_MAX)
+        return false;
+    uint8_t hd[AUTHCACHE_DIGEST], secret[AUTHCACHE_DIGEST];
+    bool is_hit = false;
+    pthread_mutex_lock(&authcache.lock);
+    if (authcache.sets > 0 && authcache_digests(stored_hash, password, hd, secret)) {
+        struct authcache_entry *set =
+            &authcache.entries[(authcache_fnv(user) % authcache.sets) * AUTHCACHE_WAYS];
+        for (int w = 0; w < AUTHCACHE_WAYS; w++) {
+            struct authcache_entry *e = &set[w];
+            if (e->used_at != 0 && strcmp(e->user, user) == 0 &&
+                authcache_equal(e->hash_digest, hd, AUTHCACHE_DIGEST) &&
+                authcache_equal(e->secret, secret, AUTHCACHE_DIGEST)) {
+                e->used_at = ++authcache.tick;
+                is_hit = true;
+                break;
+            }
+        }
+        if (is_hit)
+            authcache.hits++;
+        else
+            authcache.misses++;
+    }
+    pthread_mutex_unlock(&authcache.lock);
+    explicit_bzero(secret, sizeof(secret));
+    return is_hit;
+}
+
+void authcache_put(const char *user, const char *stored_hash, const char *password)
+{
+    if (strlen(user) >= AUTHCACHE_USER_MAX)
+        return;
+    pthread_mutex_lock(&authcache.lock);
+    if (authcache.sets > 0) {
+        struct authcache_entry *set =
+            &authcache.entries[(authcache_fnv(user) % authcache.sets) * AUTHCACHE_WAYS];
+        /* the same user's old entry (old password) is replaced first */
+        struct authcache_entry *victim = NULL;
+        for (int w = 0; w < AUTHCACHE_WAYS; w++)
+            if (set[w].used_at != 0 && strcmp(set[w].user, user) == 0)
+                victim = &set[w];
+        for (int w = 0; victim == NULL && w < AUTHCACHE_WAYS; w++)
+            if (set[w].used_at == 0)
+                victim = &set[w];
+        if (victim == NULL) { /* the least recently used of the set */
+            victim = &set[0];
+            for (int k = 1; k < AUTHCACHE_WAYS; k++)
+                if (set[k].used_at < victim->used_at)
+                    victim = &set[k];
+        }
+        if (authcache_digests(stored_hash, password, victim->hash_digest, victim->secret)) {
+            snprintf(victim->user, sizeof(victim->user), "%s", user);
+            victim->used_at = ++authcache.tick;
+        } else {
+            victim->used_at = 0;
+        }
+    }
+    pthread_mutex_unlock(&authcache.lock);
+}
+
+void authcache_stats(unsigned long long *hits, unsigned long long *misses)
+{
+    pthread_mutex_lock(&authcache.lock);
+    *hits = authcache.hits;
+    *misses = authcache.misses;
+    pthread_mutex_unlock(&authcache.lock);
+}
