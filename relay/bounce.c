@@ -170,9 +170,28 @@ int bounce_compose(const struct bounce_input *in, uint8_t **out, size_t *out_len
     bounce_orig_subject(in->orig, in->orig_len, subject, sizeof(subject));
     /* boundary: from the queue id and the time; cannot appear in our own
      * parts, and the original headers are in a part of their own */
+    /* the queue id appears in the boundary and the text: letters and digits only */
+    char qid[48];
+    size_t qn = 0;
+    for (const char *p = in->qid; *p != '\0' && qn + 1 < sizeof(qid); p++)
+        if ((*p >= '0' && *p <= '9') || (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z'))
+            qid[qn++] = *p;
+    qid[qn] = '\0';
+    /* the original headers go in a part of their own; the boundary must not
+     * occur in them (a sender could try to guess it): vary it until it does not */
+    struct bounce_buf headers = {0};
+    bounce_put_headers(&headers, in->orig, in->orig_len);
+    if (headers.is_oom) {
+        free(headers.data);
+        return -ENOMEM;
+    }
     char boundary[128];
-    snprintf(boundary, sizeof(boundary), "=_smarthost_%.40s_%lld_dsn", in->qid,
-             (long long)in->now);
+    for (unsigned n = 0;; n++) {
+        snprintf(boundary, sizeof(boundary), "=_smarthost_%s_%lld_%u_dsn", qid,
+                 (long long)in->now, n);
+        if (headers.data == NULL || strstr(headers.data, boundary) == NULL)
+            break;
+    }
 
     bounce_printf(&b, "From: Mail Delivery System <%s>\r\n", from);
     bounce_printf(&b, "To: <%s>\r\n", to);
@@ -181,7 +200,9 @@ int bounce_compose(const struct bounce_input *in, uint8_t **out, size_t *out_len
                            : "Undelivered Mail Returned to Sender",
                   subject[0] ? ": " : "", subject);
     bounce_printf(&b, "Date: %s\r\n", date);
-    bounce_printf(&b, "Message-ID: %.300s\r\n", in->message_id);
+    char message_id[320];
+    bounce_clean(in->message_id, message_id, sizeof(message_id));
+    bounce_printf(&b, "Message-ID: %s\r\n", message_id);
     bounce_printf(&b, "Auto-Submitted: auto-replied\r\n");
     bounce_printf(&b, "MIME-Version: 1.0\r\n");
     bounce_printf(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -199,11 +220,11 @@ int bounce_compose(const struct bounce_input *in, uint8_t **out, size_t *out_len
         bounce_printf(&b, "Your message (queue id %.40s, sent %s) could not be delivered\r\n"
                           "yet to the recipients below. Nothing needs to be done: delivery\r\n"
                           "will be retried until %s.\r\n\r\n",
-                      in->qid, arrival, until);
+                      qid, arrival, until);
     } else {
         bounce_printf(&b, "Your message (queue id %.40s, sent %s) could not be delivered\r\n"
                           "to the recipients below. This is final: it will not be retried.\r\n\r\n",
-                      in->qid, arrival);
+                      qid, arrival);
     }
     for (size_t i = 0; i < in->rcpt_count; i++) {
         const struct bounce_rcpt *r = &in->rcpts[i];
@@ -223,7 +244,7 @@ int bounce_compose(const struct bounce_input *in, uint8_t **out, size_t *out_len
     bounce_printf(&b, "Content-Type: message/delivery-status\r\n"
                       "Content-Description: Delivery report\r\n\r\n");
     bounce_printf(&b, "Reporting-MTA: dns; %.200s\r\n", in->reporting_mta);
-    bounce_printf(&b, "X-Smarthost-Queue-ID: %.40s\r\n", in->qid);
+    bounce_printf(&b, "X-Smarthost-Queue-ID: %s\r\n", qid);
     if (orig_sender[0] != '\0')
         bounce_printf(&b, "X-Original-Envelope-From: rfc822; %s\r\n", orig_sender);
     bounce_printf(&b, "Arrival-Date: %s\r\n", arrival);
@@ -256,7 +277,9 @@ int bounce_compose(const struct bounce_input *in, uint8_t **out, size_t *out_len
     bounce_printf(&b, "\r\n--%s\r\n", boundary);
     bounce_printf(&b, "Content-Type: text/rfc822-headers\r\n"
                       "Content-Description: Undelivered Message Headers\r\n\r\n");
-    bounce_put_headers(&b, in->orig, in->orig_len);
+    if (headers.len > 0)
+        bounce_put(&b, headers.data, headers.len);
+    free(headers.data);
     bounce_printf(&b, "\r\n--%s--\r\n", boundary);
     if (b.is_oom) {
         free(b.data);
