@@ -1,7 +1,8 @@
 /* policy.c — see policy.h. */
 #include "auth/policy.h"
 
-#include <arpa/inet.h>
+#include "core/config.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -130,81 +131,15 @@ bool policy_sender_allowed(const char *list, const char *sender)
     return false;
 }
 
-struct policy_cidr {
-    int family;
-    unsigned char addr[16];
-    unsigned bits;
-};
-
-static int policy_parse_cidr(const char *s, struct policy_cidr *c)
-{
-    char ip[64];
-    const char *slash = strchr(s, '/');
-    size_t n = slash != NULL ? (size_t)(slash - s) : strlen(s);
-    if (n == 0 || n >= sizeof(ip))
-        return -1;
-    memcpy(ip, s, n);
-    ip[n] = '\0';
-    memset(c, 0, sizeof(*c));
-    if (inet_pton(AF_INET, ip, c->addr) == 1) {
-        c->family = AF_INET;
-        c->bits = 32;
-    } else if (inet_pton(AF_INET6, ip, c->addr) == 1) {
-        c->family = AF_INET6;
-        c->bits = 128;
-    } else {
-        return -1;
-    }
-    if (slash != NULL) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long b = strtoul(slash + 1, &end, 10);
-        if (errno != 0 || end == slash + 1 || *end != '\0' || b > c->bits)
-            return -1;
-        c->bits = (unsigned)b;
-    }
-    return 0;
-}
-
-static bool policy_cidr_contains(const struct policy_cidr *c, int family, const unsigned char *a)
-{
-    if (family != c->family)
-        return false;
-    unsigned full = c->bits / 8, rest = c->bits % 8;
-    if (memcmp(a, c->addr, full) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    unsigned char mask = (unsigned char)(0xff << (8 - rest));
-    return (a[full] & mask) == (c->addr[full] & mask);
-}
-
 bool policy_network_allowed(const char *list, const char *client_ip)
 {
     if (list == NULL || list[0] == '\0')
         return true;
-    unsigned char a[16];
-    int family;
-    if (inet_pton(AF_INET, client_ip, a) == 1) {
-        family = AF_INET;
-    } else if (inet_pton(AF_INET6, client_ip, a) == 1) {
-        family = AF_INET6;
-        /* an IPv4-mapped client matches IPv4 networks */
-        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(a, mapped, 12) == 0) {
-            memmove(a, a + 12, 4);
-            family = AF_INET;
-        }
-    } else {
-        return false;
-    }
     const char *p = list;
     char e[64];
-    while (policy_next(&p, e, sizeof(e))) {
-        struct policy_cidr c;
-        if (policy_parse_cidr(e, &c) == 0 && policy_cidr_contains(&c, family, a))
+    while (policy_next(&p, e, sizeof(e)))
+        if (config_ip_in_network(e, client_ip))
             return true;
-    }
     return false;
 }
 
@@ -260,8 +195,7 @@ int policy_check_networks(const char *list, char *why, size_t why_size)
         return -1;
     }
     while (policy_next(&p, e, sizeof(e))) {
-        struct policy_cidr c;
-        if (policy_parse_cidr(e, &c) < 0) {
+        if (!config_network_is_valid(e)) {
             snprintf(why, why_size, "\"%.60s\" is not a network (CIDR like 192.0.2.0/24 or "
                                     "2001:db8::/48)", e);
             return -1;

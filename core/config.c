@@ -1388,6 +1388,54 @@ static int config_check_trusted(const char *value, char *why, size_t why_size)
     return 0;
 }
 
+/* An address in text into family + bytes; IPv4-mapped IPv6 as IPv4. */
+static int config_parse_ip(const char *ip, int *family, unsigned char a[16])
+{
+    if (inet_pton(AF_INET, ip, a) == 1) {
+        *family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, ip, a) == 1) {
+        *family = AF_INET6;
+        static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+        if (memcmp(a, mapped, 12) == 0) {
+            memmove(a, a + 12, 4);
+            *family = AF_INET;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+static bool config_trusted_contains(const struct config_trusted *t, int family,
+                                    const unsigned char *a)
+{
+    if (t->family != family)
+        return false;
+    unsigned full = t->bits / 8, rest = t->bits % 8;
+    if (memcmp(a, t->addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    unsigned char mask = (unsigned char)(0xff << (8 - rest));
+    return (a[full] & mask) == (t->addr[full] & mask);
+}
+
+bool config_network_is_valid(const char *network)
+{
+    struct config_trusted t;
+    return config_parse_trusted(network, "-", &t) == 0;
+}
+
+bool config_ip_in_network(const char *network, const char *client_ip)
+{
+    struct config_trusted t;
+    unsigned char a[16];
+    int family;
+    return config_parse_trusted(network, "-", &t) == 0 &&
+           config_parse_ip(client_ip, &family, a) == 0 && config_trusted_contains(&t, family, a);
+}
+
 const char *config_trusted_account(const struct listener_config *l, const char *client_ip,
                                    char *out, size_t out_size)
 {
@@ -1395,32 +1443,14 @@ const char *config_trusted_account(const struct listener_config *l, const char *
         return NULL;
     unsigned char a[16];
     int family;
-    if (inet_pton(AF_INET, client_ip, a) == 1) {
-        family = AF_INET;
-    } else if (inet_pton(AF_INET6, client_ip, a) == 1) {
-        family = AF_INET6;
-        static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
-        if (memcmp(a, mapped, 12) == 0) {
-            memmove(a, a + 12, 4);
-            family = AF_INET;
-        }
-    } else {
+    if (config_parse_ip(client_ip, &family, a) < 0)
         return NULL;
-    }
     const char *p = l->trusted_networks;
     char key[128], account[256];
     while (config_map_next(&p, key, sizeof(key), account, sizeof(account)) > 0) {
         struct config_trusted t;
-        if (config_parse_trusted(key, account, &t) < 0 || t.family != family)
+        if (config_parse_trusted(key, account, &t) < 0 || !config_trusted_contains(&t, family, a))
             continue;
-        unsigned full = t.bits / 8, rest = t.bits % 8;
-        if (memcmp(a, t.addr, full) != 0)
-            continue;
-        if (rest != 0) {
-            unsigned char mask = (unsigned char)(0xff << (8 - rest));
-            if ((a[full] & mask) != (t.addr[full] & mask))
-                continue;
-        }
         snprintf(out, out_size, "%s", t.account);
         return out;
     }

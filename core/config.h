@@ -187,6 +187,11 @@ int config_parse_rate(const char *s, struct config_rate *out);
 /* "host:port" or "[v6 or name]:port" → host and port. Returns 0 or -1. */
 int config_split_hostport(const char *s, char *host, size_t host_size, unsigned *port);
 
+/* Networks as CIDR text ("192.0.2.0/24", "2001:db8::/48", or one address):
+ * is it well formed; does a client address (IPv4-mapped IPv6 too) fall in it. */
+bool config_network_is_valid(const char *network);
+bool config_ip_in_network(const char *network, const char *client_ip);
+
 /* The account a client address maps to on a listener's trusted_networks, or
  * NULL. */
 const char *config_trusted_account(const struct listener_config *l, const char *client_ip,
