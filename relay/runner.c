@@ -35,7 +35,8 @@
 #include "relay/retry.h"
 #include "relay/smtp_client.h"
 
-#define RUNNER_SCAN_MAX 200         /* messages taken per scan */
+#define RUNNER_MSGS_MAX 200         /* messages held in memory (taken per scan at most) */
+#define RUNNER_BYTES_MAX (64u << 20) /* their bodies, in bytes (one message may exceed it) */
 #define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
 #define RUNNER_STOP_GRACE_MS 10000  /* deliveries under way get this long at stop */
 #define RUNNER_MAX_ATTEMPTS 64      /* attempt rows kept per message and run */
@@ -163,8 +164,11 @@ struct runner_db_job {
     enum runner_db_kind kind;
     int status;
     /* scan */
-    int64_t *skip_ids;
+    int64_t *skip_ids;              /* in memory already: sorted, not taken again */
     size_t skip_count;
+    size_t max_msgs;                /* room left in memory */
+    uint64_t max_bytes;
+    bool is_truncated;              /* more may be due than was taken */
     struct queue_due *due;
     size_t due_count;
     uint8_t **bodies;
@@ -196,6 +200,9 @@ struct relay_runner {
     struct queue_store *store;      /* used by one worker job at a time */
 
     struct relay_msg *msgs;         /* in flight */
+    size_t msg_count;               /* and their number and body bytes: bounded, so a */
+    uint64_t msg_bytes;             /* backlog stays in the database, not in memory */
+    bool has_more_due;              /* the last scan left due messages behind */
     struct runner_job *pending;     /* not started yet */
     struct runner_job *active;
     size_t active_count;
@@ -473,6 +480,19 @@ static void runner_rate_take(struct relay_runner *r, const char *key, size_t rcp
 
 static void runner_db_run_next(struct relay_runner *r);
 
+static int runner_cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool runner_is_in_flight(int64_t message_id, void *arg)
+{
+    const struct runner_db_job *j = arg;
+    return j->skip_count > 0 &&
+           bsearch(&message_id, j->skip_ids, j->skip_count, sizeof(int64_t), runner_cmp_id) != NULL;
+}
+
 static void runner_db_work(uv_work_t *w)
 {
     struct runner_db_job *j = w->data;
@@ -493,21 +513,24 @@ static void runner_db_work(uv_work_t *w)
         purged > 0)
         log_info(NULL, "queue: removed %zu finished message%s older than keep_done", purged,
                  purged == 1 ? "" : "s");
-    j->status = queue_store_due(r->store, now, RUNNER_SCAN_MAX, NULL, NULL, &j->due,
+    /* the ones in flight (their outcome is not written yet) are skipped in the
+     * query itself, so a backlog of them never hides the messages behind */
+    j->status = queue_store_due(r->store, now, j->max_msgs, runner_is_in_flight, j, &j->due,
                                 &j->due_count);
     if (j->status < 0)
         return;
-    /* drop the ones in flight (their outcome is not written yet) */
+    j->is_truncated = j->due_count == j->max_msgs;
+    /* and only as many bodies as the byte budget allows (always at least one) */
     size_t kept = 0;
+    uint64_t bytes = 0;
     for (size_t i = 0; i < j->due_count; i++) {
-        bool is_in_flight = false;
-        for (size_t k = 0; k < j->skip_count; k++)
-            if (j->skip_ids[k] == j->due[i].id)
-                is_in_flight = true;
-        if (is_in_flight)
+        if (kept > 0 && bytes + j->due[i].size > j->max_bytes) {
             free(j->due[i].rcpts);
-        else
-            j->due[kept++] = j->due[i];
+            j->is_truncated = true;
+            continue;
+        }
+        bytes += j->due[i].size;
+        j->due[kept++] = j->due[i];
     }
     j->due_count = kept;
     j->bodies = calloc(kept ? kept : 1, sizeof(*j->bodies));
@@ -580,20 +603,25 @@ static void runner_scan(struct relay_runner *r)
         r->is_rescan_wanted = true;
         return;
     }
+    /* memory full: what is due waits in the database until messages finish */
+    if (r->msg_count >= RUNNER_MSGS_MAX || r->msg_bytes >= RUNNER_BYTES_MAX) {
+        r->has_more_due = true;
+        return;
+    }
     struct runner_db_job *j = calloc(1, sizeof(*j));
     if (j == NULL)
         return;
     j->kind = RUNNER_DB_SCAN;
-    size_t n = 0;
-    for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
-        n++;
-    j->skip_ids = calloc(n ? n : 1, sizeof(*j->skip_ids));
+    j->max_msgs = RUNNER_MSGS_MAX - r->msg_count;
+    j->max_bytes = RUNNER_BYTES_MAX - r->msg_bytes;
+    j->skip_ids = calloc(r->msg_count ? r->msg_count : 1, sizeof(*j->skip_ids));
     if (j->skip_ids == NULL) {
         free(j);
         return;
     }
     for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
         j->skip_ids[j->skip_count++] = m->due.id;
+    qsort(j->skip_ids, j->skip_count, sizeof(int64_t), runner_cmp_id);
     r->is_scan_queued = true;
     r->is_rescan_wanted = false;
     runner_db_submit(r, j);
@@ -627,6 +655,8 @@ static void runner_msg_drop(struct relay_runner *r, struct relay_msg *m)
     for (struct relay_msg **p = &r->msgs; *p != NULL; p = &(*p)->next)
         if (*p == m) {
             *p = m->next;
+            r->msg_count--;
+            r->msg_bytes -= m->body_len;
             break;
         }
     runner_msg_free(m);
@@ -679,6 +709,7 @@ static void runner_record(struct relay_runner *r, struct relay_msg *m);
 static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
 {
     r->is_scan_queued = false;
+    r->has_more_due = j->status == 0 && j->is_truncated;
     if (j->status < 0)
         log_warn(NULL, "relay: queue scan failed (%s); retrying soon",
                  j->status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
@@ -712,6 +743,8 @@ static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
         free(d->rcpts);
         m->next = r->msgs;
         r->msgs = m;
+        r->msg_count++;
+        r->msg_bytes += m->body_len;
         if (runner_msg_plan(r, m) < 0)
             log_warn(m->due.qid, "relay: out of memory planning the delivery");
         if (m->jobs_left == 0)
@@ -1012,7 +1045,9 @@ static void runner_on_record_done(struct relay_runner *r, struct runner_db_job *
     free(j->attempt_rows);
     free(j);
     runner_msg_drop(r, m); /* it may be picked again by the next scan */
-    if (has_new)
+    /* new notices to send, or a backlog waiting for room (taken in batches,
+     * at half empty, rather than one scan per finished message) */
+    if (has_new || (r->has_more_due && r->msg_count <= RUNNER_MSGS_MAX / 2))
         runner_scan(r);
 }
 

@@ -5,7 +5,8 @@ with an RFC 3464 DSN that arrives at the sender domain's server, SERVFAIL deferr
 greylisting delivered on retry, partial recipients, 552 at end of data, a dropped
 connection, a tarpit, TLS used when offered, plaintext after a broken handshake, the
 verify policy refusing a self-signed peer, `queue show` naming the step and the reply,
-hold/release/delete, and kill -9 during delivery followed by a restart."""
+hold/release/delete, kill -9 during delivery followed by a restart, and a backlog larger
+than the runner holds in memory delivered in one go after `queue flush`."""
 
 import email
 import email.policy
@@ -274,6 +275,46 @@ class RelayCrash(harness.SmarthostCase):
             return info["recipients"][0]["state"] == "delivered"
         harness.wait_until(delivered, "delivery after restart")
         self.assertGreaterEqual(len(hold.messages), 1)
+
+
+class RelayBacklog(harness.SmarthostCase):
+    def test_flushed_backlog_larger_than_memory_is_delivered_without_waiting(self):
+        """An outage ends and the admin flushes: 450 deferred messages (more than the
+        200 the runner holds in memory) must all go out as batches finish — not 200 now
+        and the rest at the 60-second rescan, as before."""
+        if os.geteuid() != 0:
+            self.skipTest("the peers bind port 25: needs root")
+        tmp = tempfile.mkdtemp(prefix="smarthost-world-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        world = SmtpWorld(tmp)
+        self.addCleanup(world.close)
+        peer = world.peer("421")
+        dns = DnsServer({"bulk.test": [f"A {peer.addr}"]})
+        self.addCleanup(dns.close)
+        sh = self.start_smarthost(config={"relay": {
+            "enabled": "yes", "dns_servers": dns.servers, "retry_first": "1h",
+            "max_per_domain": "20", "max_per_ip": "20"}})
+        count = 450
+        c = self.session(sh)
+        for i in range(count):
+            c.submit(SENDER, [f"r{i}@bulk.test"], harness.make_message(f"backlog {i}",
+                                                                       to=f"r{i}@bulk.test"))
+        c.quit()
+        c.close()
+
+        def all_deferred():
+            rows = json.loads(sh.ctl("queue", "list", "--json").stdout)
+            return len(rows) == count and all(r["last_error"] for r in rows)
+        harness.wait_until(all_deferred, "every message tried once and deferred")
+
+        peer.behaviour = "accept"
+        sh.ctl("queue", "flush")
+        # well under the runner's 60-second rescan: only batches finishing can explain it
+        world_wait = 40
+        harness.wait_until(lambda: len(peer.messages) >= count, "the whole backlog delivered",
+                           timeout=world_wait)
+        self.assertEqual(sorted(m["rcpts"][0] for m in peer.messages),
+                         sorted(f"r{i}@bulk.test" for i in range(count)))
 
 
 if __name__ == "__main__":
