@@ -5,6 +5,9 @@
  * transaction and of end-of-data → 250; and its own CPU time, so that a
  * client-bound run is visible. --idle N opens N authenticated TLS sessions
  * and holds them until stdin closes (for memory per connection).
+ * --handshake-only counts bare implicit-TLS handshakes (connect, handshake,
+ * close_notify) against `ceilings tls-server`; --rate R paces the transactions
+ * to R per second overall (for latency at a given fraction of peak load).
  *
  *   loadgen --port 10587 --starttls --user bench --password pw --concurrency 16
  *           --size 10240 --per-conn 1 --messages 2000
@@ -40,6 +43,8 @@ struct opts {
     double duration_s;
     int idle;            /* idle mode: connections to hold */
     const char *from, *rcpt;
+    bool is_handshake_only;
+    double rate;         /* transactions per second overall; 0 → as fast as possible */
 };
 
 static struct opts o = {.host = "127.0.0.1", .port = 587, .concurrency = 16, .size = 10240,
@@ -251,11 +256,41 @@ static void record(double txn, double eod)
     pthread_mutex_unlock(&lat_lock);
 }
 
+/* The next transaction may start; with --rate, not before its slot. */
 static bool take_ticket(void)
 {
-    if (o.messages > 0)
-        return atomic_fetch_add(&issued, 1) < o.messages;
-    return now_s() - t_start < o.duration_s;
+    long n = atomic_fetch_add(&issued, 1);
+    if (o.messages > 0 ? n >= o.messages : now_s() - t_start >= o.duration_s)
+        return false;
+    if (o.rate > 0) {
+        double wait = t_start + (double)n / o.rate - now_s();
+        if (wait > 0) {
+            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return true;
+}
+
+/* Connect, full TLS handshake, close_notify, close: one "transaction". */
+static int conn_handshake_only(void)
+{
+    struct conn c;
+    memset(&c, 0, sizeof(c));
+    c.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o.port)};
+    inet_pton(AF_INET, o.host, &sa.sin_addr);
+    int one = 1, rc = 0;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        note_error("connect", strerror(errno));
+        rc = -1;
+    } else if (conn_tls(&c) < 0) {
+        note_error("tls", "handshake failed");
+        rc = -1;
+    }
+    conn_close(&c);
+    return rc;
 }
 
 static void *worker(void *arg)
@@ -263,6 +298,15 @@ static void *worker(void *arg)
     (void)arg;
     while (take_ticket()) {
         double t0 = now_s();
+        if (o.is_handshake_only) {
+            if (conn_handshake_only() < 0) {
+                atomic_fetch_add(&failed, 1);
+                continue;
+            }
+            atomic_fetch_add(&done_ok, 1);
+            record(now_s() - t0, 0);
+            continue;
+        }
         struct conn c;
         if (conn_open(&c) < 0) {
             conn_close(&c);
@@ -325,7 +369,8 @@ int main(int argc, char **argv)
         {"tls", 0, 0, 't'}, {"user", 1, 0, 'u'}, {"password", 1, 0, 'w'},
         {"concurrency", 1, 0, 'c'}, {"size", 1, 0, 'z'}, {"per-conn", 1, 0, 'k'},
         {"messages", 1, 0, 'n'}, {"duration", 1, 0, 'd'}, {"idle", 1, 0, 'i'},
-        {"from", 1, 0, 'f'}, {"rcpt", 1, 0, 'r'}, {0, 0, 0, 0},
+        {"from", 1, 0, 'f'}, {"rcpt", 1, 0, 'r'}, {"handshake-only", 0, 0, 'h'},
+        {"rate", 1, 0, 'R'}, {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -344,13 +389,16 @@ int main(int argc, char **argv)
         case 'i': o.idle = atoi(optarg); break;
         case 'f': o.from = optarg; break;
         case 'r': o.rcpt = optarg; break;
+        case 'h': o.is_handshake_only = true; o.is_implicit = true; break;
+        case 'R': o.rate = atof(optarg); break;
         default: return 2;
         }
     }
-    if (o.user == NULL || o.password == NULL || o.concurrency < 1 || o.per_conn < 1) {
+    if ((!o.is_handshake_only && (o.user == NULL || o.password == NULL)) || o.concurrency < 1 ||
+        o.per_conn < 1 || o.rate < 0) {
         fprintf(stderr, "usage: loadgen --port P [--starttls|--tls] --user U --password W "
                         "[--concurrency N] [--size B] [--per-conn M] [--messages N | --duration S] "
-                        "[--idle N]\n");
+                        "[--idle N] [--rate R] | --handshake-only\n");
         return 2;
     }
     gnutls_global_init();
