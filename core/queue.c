@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,12 +77,22 @@ static const char *const queue_migrations[] = {
     " outcome TEXT NOT NULL);"
     "CREATE INDEX attempts_message_id ON attempts(message_id);"
     "CREATE INDEX recipients_state_due ON recipients(state, next_attempt_at);",
+    /* 3: bodies in their own table. In messages, the body came before every
+     * column added since, so reading state, held or done_at walked the body's
+     * whole overflow chain (a megabyte message: 256 pages per row touched).
+     * The old column stays, empty: dropping it needs SQLite 3.35. */
+    "CREATE TABLE bodies("
+    " message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,"
+    " data BLOB NOT NULL);"
+    "INSERT INTO bodies(message_id, data) SELECT id, body FROM messages;"
+    "UPDATE messages SET body = X'';"
+    "CREATE INDEX messages_state_done_at ON messages(state, done_at);",
 };
 #define QUEUE_SCHEMA_VERSION ((int)(sizeof(queue_migrations) / sizeof(queue_migrations[0])))
 
 struct queue {
     sqlite3 *db; /* used only by the committer thread once queue_open returns */
-    sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_message, *st_recipient;
+    sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_message, *st_body, *st_recipient;
     pthread_t thread;
 
     pthread_mutex_t lock;
@@ -232,13 +243,28 @@ int queue_migrate(sqlite3 *db)
     return SQLITE_OK;
 }
 
+/* SQLite's own busy timeout sleeps 1, 2, 5 ... up to 100 ms between tries:
+ * a session waiting for its 250 while the runner records a delivery (a few
+ * hundred microseconds) would wait tens of milliseconds. Writers here hold
+ * the lock briefly, so try again every 100 us at first, then every ms, up to
+ * the configured timeout. */
+static int queue_on_busy(void *arg, int tries)
+{
+    unsigned timeout_ms = (unsigned)(uintptr_t)arg;
+    uint64_t waited_us = tries < 50 ? (uint64_t)tries * 100 : 5000 + (uint64_t)(tries - 50) * 1000;
+    if (waited_us >= (uint64_t)timeout_ms * 1000)
+        return 0;
+    usleep(tries < 50 ? 100 : 1000);
+    return 1;
+}
+
 /* WAL so readers (smarthostctl, the runner) never block the committer, and
  * synchronous=FULL so COMMIT returns only after the WAL is fsync'd: that is
  * what lets the session answer 250. */
 int queue_configure(sqlite3 *db, unsigned busy_timeout_ms)
 {
     sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, busy_timeout_ms > INT_MAX ? INT_MAX : (int)busy_timeout_ms);
+    sqlite3_busy_handler(db, queue_on_busy, (void *)(uintptr_t)busy_timeout_ms);
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
     if (rc != SQLITE_OK)
@@ -270,7 +296,8 @@ static int queue_prepare_statements(struct queue *q)
         {&q->st_commit, "COMMIT"},
         {&q->st_rollback, "ROLLBACK"},
         {&q->st_message, "INSERT INTO messages(qid, created_at, sender, auth_user, client_addr,"
-                         " helo, size, body) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"},
+                         " helo, size, body) VALUES(?, ?, ?, ?, ?, ?, ?, X'')"},
+        {&q->st_body, "INSERT INTO bodies(message_id, data) VALUES(?, ?)"},
         {&q->st_recipient, "INSERT INTO recipients(message_id, address) VALUES(?, ?)"},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
@@ -288,6 +315,7 @@ static void queue_free_db(struct queue *q)
     sqlite3_finalize(q->st_commit);
     sqlite3_finalize(q->st_rollback);
     sqlite3_finalize(q->st_message);
+    sqlite3_finalize(q->st_body);
     sqlite3_finalize(q->st_recipient);
     sqlite3_close(q->db); /* NULL-safe */
 }
@@ -316,7 +344,7 @@ static int queue_write_body(struct queue *q, sqlite3_int64 rowid,
                             const struct queue_commit_req *req)
 {
     sqlite3_blob *blob = NULL;
-    int rc = sqlite3_blob_open(q->db, "main", "messages", "body", rowid, 1, &blob);
+    int rc = sqlite3_blob_open(q->db, "main", "bodies", "data", rowid, 1, &blob);
     if (rc != SQLITE_OK)
         return rc;
     if (req->header_len > 0)
@@ -348,13 +376,19 @@ static int queue_insert_message(struct queue *q, const struct queue_commit_req *
     sqlite3_bind_text(st, 5, req->client_addr, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, req->helo, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 7, size);
-    int rc = sqlite3_bind_zeroblob64(st, 8, (sqlite3_uint64)size);
-    if (rc == SQLITE_OK)
-        rc = queue_step_done(st);
+    int rc = queue_step_done(st);
     sqlite3_clear_bindings(st); /* drop borrowed pointers */
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_int64 rowid = sqlite3_last_insert_rowid(q->db);
+    st = q->st_body;
+    sqlite3_bind_int64(st, 1, rowid);
+    rc = sqlite3_bind_zeroblob64(st, 2, (sqlite3_uint64)size);
+    if (rc == SQLITE_OK)
+        rc = queue_step_done(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_OK)
+        return rc;
     if (size > 0) {
         rc = queue_write_body(q, rowid, req);
         if (rc != SQLITE_OK)
@@ -857,7 +891,10 @@ int queue_reader_body(struct queue_reader *r, const char *qid, uint8_t **out, si
     *out = NULL;
     *out_len = 0;
     sqlite3_stmt *st;
-    int rc = queue_reader_prepare(r, "SELECT body FROM messages WHERE qid = ?", &st);
+    int rc = queue_reader_prepare(r,
+                                  "SELECT b.data FROM messages m JOIN bodies b"
+                                  " ON b.message_id = m.id WHERE m.qid = ?",
+                                  &st);
     if (rc < 0)
         return rc;
     if (st == NULL)

@@ -217,7 +217,8 @@ int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, s
     *out = NULL;
     *out_len = 0;
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db, "SELECT body FROM messages WHERE id = ?", -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(s->db, "SELECT data FROM bodies WHERE message_id = ?", -1, &st,
+                                NULL);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "body read");
     sqlite3_bind_int64(st, 1, message_id);
@@ -307,7 +308,7 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     int rc = sqlite3_prepare_v2(s->db,
                                 "INSERT INTO messages(qid, created_at, sender, auth_user,"
                                 " client_addr, helo, size, body, kind)"
-                                " VALUES(?, ?, ?, '', '', '', ?, ?, ?)",
+                                " VALUES(?, ?, ?, '', '', '', ?, X'', ?)",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
@@ -315,14 +316,23 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_text(st, 3, m->sender != NULL ? m->sender : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)m->data_len);
-    sqlite3_bind_blob(st, 5, m->data_len > 0 ? m->data : (const void *)"", (int)m->data_len,
-                      SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, m->kind != NULL ? m->kind : "dsn", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, m->kind != NULL ? m->kind : "dsn", -1, SQLITE_STATIC);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_int64 id = sqlite3_last_insert_rowid(s->db);
+    rc = sqlite3_prepare_v2(s->db, "INSERT INTO bodies(message_id, data) VALUES(?, ?)", -1, &st,
+                            NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_blob(st, 2, m->data_len > 0 ? m->data : (const void *)"", (int)m->data_len,
+                      SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK)
+        return rc;
     rc = sqlite3_prepare_v2(s->db, "INSERT INTO recipients(message_id, address) VALUES(?, ?)", -1,
                             &st, NULL);
     if (rc != SQLITE_OK)

@@ -38,6 +38,7 @@
 #define RUNNER_MSGS_MAX 200         /* messages held in memory (taken per scan at most) */
 #define RUNNER_BYTES_MAX (64u << 20) /* their bodies, in bytes (one message may exceed it) */
 #define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
+#define RUNNER_PURGE_EVERY_S 60      /* finished messages past keep_done are removed */
 #define RUNNER_STOP_GRACE_MS 10000  /* deliveries under way get this long at stop */
 #define RUNNER_MAX_ATTEMPTS 64      /* attempt rows kept per message and run */
 #define RUNNER_MAX_RATES 64
@@ -198,6 +199,7 @@ struct relay_runner {
     struct dns_resolver *dns;
     gnutls_certificate_credentials_t creds;
     struct queue_store *store;      /* used by one worker job at a time */
+    int64_t purged_at;              /* by the worker too: the last purge of done messages */
 
     struct relay_msg *msgs;         /* in flight */
     size_t msg_count;               /* and their number and body bytes: bounded, so a */
@@ -509,8 +511,10 @@ static void runner_db_work(uv_work_t *w)
     /* scan */
     int64_t now = runner_now();
     size_t purged = 0;
-    if (queue_store_purge_done(r->store, now - (int64_t)r->set.keep_done_s, &purged) == 0 &&
-        purged > 0)
+    /* a write, so not at every scan: scans come with every message committed */
+    if (now - r->purged_at >= RUNNER_PURGE_EVERY_S &&
+        queue_store_purge_done(r->store, now - (int64_t)r->set.keep_done_s, &purged) == 0 &&
+        (r->purged_at = now, purged > 0))
         log_info(NULL, "queue: removed %zu finished message%s older than keep_done", purged,
                  purged == 1 ? "" : "s");
     /* the ones in flight (their outcome is not written yet) are skipped in the

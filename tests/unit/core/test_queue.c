@@ -424,7 +424,7 @@ static void test_roundtrip(void **state)
     }
     queue_close(q);
     assert_int_equal(count_messages(f), n);
-    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 2);
+    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
 
     /* unknown ids */
     struct queue_reader *r = NULL;
@@ -472,7 +472,7 @@ static void test_open_shares_schema_version(void **state)
     q = open_queue(f, 1000);
     queue_close(q);
     assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'auth'"), 3);
-    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 2);
+    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
     assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM schema_version"), 2);
     /* WAL is persistent in the file: the durability promise rests on it */
     assert_int_equal(

@@ -112,8 +112,11 @@ static void test_migrate_and_due(void **state)
     struct fixture *f = *state;
     make_v1_database(f);
     struct queue_store *s = open_store(f);
-    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 2);
+    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
     assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM attempts"), 0);
+    /* 3: the body moved to its own table, the old column left empty */
+    assert_int_equal(sql_int(f, "SELECT length(body) FROM messages WHERE id = 1"), 0);
+    assert_int_equal(sql_int(f, "SELECT length(data) FROM bodies WHERE message_id = 1"), 12);
 
     struct queue_due *due = NULL;
     size_t n = 0;
