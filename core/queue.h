@@ -224,6 +224,12 @@ struct queue_outcome {
     bool is_warned;           /* a delay warning was created: set warned_at */
 };
 int queue_store_record(struct queue_store *s, const struct queue_outcome *o);
+/* Several outcomes in one transaction (one fsync), as the submission side
+ * groups its commits; status[i] gets each one's result. When the group
+ * fails for a reason other than the lock, each is written on its own so one
+ * bad outcome does not fail the others. Returns 0 if all were written. */
+int queue_store_record_batch(struct queue_store *s, const struct queue_outcome *const *o, size_t n,
+                             int *status);
 
 /* Admin actions by queue id (NULL/"" = every message where noted). */
 int queue_store_hold(struct queue_store *s, const char *qid, bool is_held);

@@ -375,38 +375,82 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
     return rc;
 }
 
-int queue_store_record(struct queue_store *s, const struct queue_outcome *o)
+/* One outcome's rows, inside the caller's transaction; *step names the
+ * statement that failed. Returns an SQLite code. */
+static int queue_store_write_outcome(struct queue_store *s, const struct queue_outcome *o,
+                                     const char **step)
 {
-    int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
-    const char *step = "begin";
+    int rc = SQLITE_OK;
     for (size_t i = 0; rc == SQLITE_OK && i < o->attempt_count; i++) {
-        step = "attempt";
+        *step = "attempt";
         rc = queue_store_insert_attempt(s, o->message_id, o->now, &o->attempts[i]);
     }
     for (size_t i = 0; rc == SQLITE_OK && i < o->rcpt_count; i++) {
-        step = "recipient";
+        *step = "recipient";
         rc = queue_store_update_rcpt(s, o->message_id, o->now, &o->rcpts[i]);
     }
     for (size_t i = 0; rc == SQLITE_OK && i < o->created_count; i++) {
-        step = "new message";
+        *step = "new message";
         rc = queue_store_insert_message(s, o->now, &o->created[i]);
     }
     if (rc == SQLITE_OK) {
-        step = "message";
+        *step = "message";
         rc = queue_store_refresh_message(s, o->message_id, o->now, o->is_warned);
     }
+    return rc;
+}
+
+/* outcomes[0 .. n) in one transaction; an SQLite code. */
+static int queue_store_record_group(struct queue_store *s, const struct queue_outcome *const *o,
+                                    size_t n)
+{
+    const char *step = "begin";
+    int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
+        rc = queue_store_write_outcome(s, o[i], &step);
     if (rc == SQLITE_OK) {
         step = "commit";
         rc = queue_exec(s->db, "COMMIT");
     }
     if (rc == SQLITE_OK)
-        return 0;
-    log_warn(NULL, "queue outcome write failed step=%s rc=%d error=\"%s\"", step, rc,
-             sqlite3_errmsg(s->db));
+        return SQLITE_OK;
+    log_warn(NULL, "queue outcome write failed step=%s outcomes=%zu rc=%d error=\"%s\"", step, n,
+             rc, sqlite3_errmsg(s->db));
     if (!sqlite3_get_autocommit(s->db))
         queue_exec(s->db, "ROLLBACK");
-    return queue_status_from_sqlite(rc) == QUEUE_OK ? QUEUE_ERR_STORAGE
-                                                    : queue_status_from_sqlite(rc);
+    return rc;
+}
+
+static int queue_store_status(int rc)
+{
+    if (rc == SQLITE_OK)
+        return 0;
+    return queue_status_from_sqlite(rc) == QUEUE_OK ? QUEUE_ERR_STORAGE : queue_status_from_sqlite(rc);
+}
+
+int queue_store_record_batch(struct queue_store *s, const struct queue_outcome *const *o, size_t n,
+                             int *status)
+{
+    int rc = queue_store_record_group(s, o, n);
+    bool is_busy = queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY; /* retrying would wait again */
+    if (rc == SQLITE_OK || n == 1 || is_busy) {
+        for (size_t i = 0; i < n; i++)
+            status[i] = queue_store_status(rc);
+        return queue_store_status(rc);
+    }
+    int first = 0;
+    for (size_t i = 0; i < n; i++) {
+        status[i] = queue_store_status(queue_store_record_group(s, &o[i], 1));
+        if (first == 0)
+            first = status[i];
+    }
+    return first;
+}
+
+int queue_store_record(struct queue_store *s, const struct queue_outcome *o)
+{
+    int status = 0;
+    return queue_store_record_batch(s, &o, 1, &status);
 }
 
 /* ---- admin actions ------------------------------------------------------ */

@@ -38,6 +38,7 @@
 #define RUNNER_MSGS_MAX 200         /* messages held in memory (taken per scan at most) */
 #define RUNNER_BYTES_MAX (64u << 20) /* their bodies, in bytes (one message may exceed it) */
 #define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
+#define RUNNER_RECORD_BATCH 64       /* delivery outcomes written per transaction */
 #define RUNNER_PURGE_EVERY_S 60      /* finished messages past keep_done are removed */
 #define RUNNER_STOP_GRACE_MS 10000  /* deliveries under way get this long at stop */
 #define RUNNER_MAX_ATTEMPTS 64      /* attempt rows kept per message and run */
@@ -185,6 +186,10 @@ struct runner_db_job {
     char created_qids[2][QUEUE_ID_SIZE];
     uint8_t *created_data[2];
     const char *created_rcpts[2][2];
+    /* the head job of a group of records carries the group: the outcomes
+     * waiting behind it are written in the same transaction */
+    struct runner_db_job *group[RUNNER_RECORD_BATCH];
+    size_t group_n;
     struct runner_db_job *next;
 };
 
@@ -505,7 +510,13 @@ static void runner_db_work(uv_work_t *w)
             return;
     }
     if (j->kind == RUNNER_DB_RECORD) {
-        j->status = queue_store_record(r->store, &j->outcome);
+        const struct queue_outcome *o[RUNNER_RECORD_BATCH];
+        int status[RUNNER_RECORD_BATCH];
+        for (size_t i = 0; i < j->group_n; i++)
+            o[i] = &j->group[i]->outcome;
+        queue_store_record_batch(r->store, o, j->group_n, status);
+        for (size_t i = 0; i < j->group_n; i++)
+            j->group[i]->status = status[i];
         return;
     }
     /* scan */
@@ -560,14 +571,22 @@ static void runner_db_after(uv_work_t *w, int status)
     struct runner_db_job *j = w->data;
     struct relay_runner *r = j->runner;
     (void)status;
-    r->is_db_busy = false;
-    r->db_queue = j->next;
+    /* take the whole group off the queue before any callback can queue more */
+    struct runner_db_job *done[RUNNER_RECORD_BATCH];
+    size_t n = j->kind == RUNNER_DB_RECORD ? j->group_n : 1;
+    for (size_t i = 0; i < n; i++) {
+        done[i] = r->db_queue;
+        r->db_queue = r->db_queue->next;
+    }
     if (r->db_queue == NULL)
         r->db_tail = NULL;
-    if (j->kind == RUNNER_DB_SCAN)
-        runner_on_scan_done(r, j);
-    else
-        runner_on_record_done(r, j);
+    r->is_db_busy = false;
+    for (size_t i = 0; i < n; i++) {
+        if (done[i]->kind == RUNNER_DB_SCAN)
+            runner_on_scan_done(r, done[i]);
+        else
+            runner_on_record_done(r, done[i]);
+    }
     runner_db_run_next(r);
     runner_maybe_close(r);
 }
@@ -578,6 +597,12 @@ static void runner_db_run_next(struct relay_runner *r)
         return;
     r->is_db_busy = true;
     struct runner_db_job *j = r->db_queue;
+    j->group_n = 0;
+    if (j->kind == RUNNER_DB_RECORD) /* the records queued behind it, up to a scan */
+        for (struct runner_db_job *p = j;
+             p != NULL && p->kind == RUNNER_DB_RECORD && j->group_n < RUNNER_RECORD_BATCH;
+             p = p->next)
+            j->group[j->group_n++] = p;
     j->work.data = j;
     if (uv_queue_work(&r->loop, &j->work, runner_db_work, runner_db_after) != 0) {
         r->is_db_busy = false;

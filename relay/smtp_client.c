@@ -73,6 +73,10 @@ struct client_conn {
     bool is_tls;          /* TLS established */
     uint8_t *cin;         /* ciphertext received, not yet read by GnuTLS */
     size_t cin_len, cin_off, cin_cap;
+    /* corked: commands gathered to leave in one TLS record / one segment */
+    bool is_corked;
+    uint8_t *cork;
+    size_t cork_len, cork_cap;
 
     char line[SMTP_REPLY_LINE_MAX + 2];
     size_t line_len;
@@ -120,6 +124,7 @@ static void client_free(struct client_conn *c)
     if (c->tls != NULL)
         gnutls_deinit(c->tls);
     free(c->cin);
+    free(c->cork);
     free(c->result.rcpts);
     free(c);
 }
@@ -208,9 +213,24 @@ static ssize_t client_tls_pull(gnutls_transport_ptr_t ptr, void *data, size_t le
     return (ssize_t)len;
 }
 
-/* Application data out: through TLS when it is up. */
+/* Application data out: through TLS when it is up; kept back while corked. */
 static int client_send_bytes(struct client_conn *c, const void *data, size_t len)
 {
+    if (c->is_corked) {
+        if (c->cork_len + len > c->cork_cap) {
+            size_t cap = c->cork_cap ? c->cork_cap : 2048;
+            while (cap < c->cork_len + len)
+                cap *= 2;
+            uint8_t *p = realloc(c->cork, cap);
+            if (p == NULL)
+                return -ENOMEM;
+            c->cork = p;
+            c->cork_cap = cap;
+        }
+        memcpy(c->cork + c->cork_len, data, len);
+        c->cork_len += len;
+        return 0;
+    }
     if (!c->is_tls)
         return client_write_raw(c, data, len);
     const uint8_t *p = data;
@@ -224,6 +244,23 @@ static int client_send_bytes(struct client_conn *c, const void *data, size_t len
         len -= (size_t)n;
     }
     return 0;
+}
+
+/* Pipelined commands leave together: a peer that gets MAIL, RCPT and DATA in
+ * separate segments answers each on its own, and with Nagle on its side the
+ * second answer waits for our delayed ACK (tens of ms per message). */
+static void client_cork(struct client_conn *c)
+{
+    c->is_corked = true;
+    c->cork_len = 0;
+}
+
+static int client_uncork(struct client_conn *c, bool is_sent)
+{
+    c->is_corked = false;
+    size_t len = c->cork_len;
+    c->cork_len = 0;
+    return is_sent && len > 0 ? client_send_bytes(c, c->cork, len) : 0;
 }
 
 static int client_send_line(struct client_conn *c, const char *fmt, ...)
@@ -564,7 +601,7 @@ static void client_body_pump(struct client_conn *c)
         client_arm_timer(c, c->opt->data_timeout_ms, 600000);
         return;
     }
-    uint8_t *buf = malloc(CLIENT_CHUNK_SIZE);
+    uint8_t *buf = malloc(CLIENT_CHUNK_SIZE + 8);
     if (buf == NULL) {
         client_fail(c, CLIENT_STEP_DATA, 0, "out of memory");
         return;
@@ -576,10 +613,23 @@ static void client_body_pump(struct client_conn *c)
         c->pending_cr = false;
         c->at_line_start = true;
     }
+    /* the last chunk carries the final dot: one record, not a lone 3-byte one */
+    bool is_last = c->body_off >= total;
+    if (is_last) {
+        const char *end = c->at_line_start ? ".\r\n" : "\r\n.\r\n";
+        memcpy(buf + n, end, strlen(end));
+        n += strlen(end);
+        c->state = ST_DOT;
+        smtp_reply_init(&c->reply);
+    }
     int rc = n > 0 ? client_send_bytes(c, buf, n) : 0;
     free(buf);
     if (rc < 0) {
         client_fail(c, CLIENT_STEP_DATA, 0, "connection lost while sending the message");
+        return;
+    }
+    if (is_last) {
+        client_arm_timer(c, c->opt->data_timeout_ms, 600000);
         return;
     }
     client_arm_timer(c, c->opt->command_timeout_ms, 300000);
@@ -815,6 +865,8 @@ int client_send(struct client_conn *c, const struct client_txn *txn, client_cb c
         snprintf(params + pn, sizeof(params) - (size_t)pn, " BODY=8BITMIME");
     smtp_reply_init(&c->reply);
     c->state = ST_MAIL;
+    if (c->is_pipelined)
+        client_cork(c);
     int rc = client_send_line(c, "MAIL FROM:<%s>%s", txn->sender, params);
     if (rc == 0 && c->is_pipelined) {
         /* RFC 2920: MAIL, every RCPT and DATA in one go */
@@ -822,6 +874,11 @@ int client_send(struct client_conn *c, const struct client_txn *txn, client_cb c
             rc = client_send_rcpt(c);
         if (rc == 0)
             rc = client_send_line(c, "DATA");
+    }
+    if (c->is_corked) {
+        int flush_rc = client_uncork(c, rc == 0);
+        if (rc == 0)
+            rc = flush_rc;
     }
     if (rc < 0) {
         c->txn = NULL;
