@@ -29,6 +29,11 @@
 #define QUEUE_BATCH_MAX 256
 /* The reader serves the CLI: wait this long for the daemon's checkpoints. */
 #define QUEUE_READER_BUSY_MS 5000
+/* WAL pages after which the checkpointer copies them into the database: the
+ * committer never checkpoints itself, or the messages whose COMMIT crossed
+ * the line would wait for megabytes of writes and an fsync before their 250. */
+#define QUEUE_CHECKPOINT_PAGES 1000
+#define QUEUE_CHECKPOINT_IDLE_S 10 /* and at least this often while writes come */
 
 /* Ordered migrations of module "queue"; entry i brings the schema to i + 1.
  * Never edit a released entry: append a new one. */
@@ -94,9 +99,13 @@ struct queue {
     sqlite3 *db; /* used only by the committer thread once queue_open returns */
     sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_message, *st_body, *st_recipient;
     pthread_t thread;
+    sqlite3 *ckpt_db;  /* the checkpointer thread's own connection */
+    pthread_t ckpt_thread;
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    pthread_cond_t ckpt_cond;
+    bool is_ckpt_wanted; /* guarded by lock */
     /* guarded by lock */
     struct queue_commit_req *head, *tail; /* FIFO of submitted requests */
     bool is_closing;
@@ -317,7 +326,8 @@ static void queue_free_db(struct queue *q)
     sqlite3_finalize(q->st_message);
     sqlite3_finalize(q->st_body);
     sqlite3_finalize(q->st_recipient);
-    sqlite3_close(q->db); /* NULL-safe */
+    sqlite3_close(q->ckpt_db); /* NULL-safe; the last connection to close checkpoints */
+    sqlite3_close(q->db);
 }
 
 /* ---- the committer ---------------------------------------------------- */
@@ -554,6 +564,50 @@ static void *queue_run_committer(void *arg)
 
 /* ---- public: the write side ------------------------------------------- */
 
+/* After every commit of the committer (its thread, inside COMMIT). */
+static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    struct queue *q = arg;
+    if (pages >= QUEUE_CHECKPOINT_PAGES) {
+        pthread_mutex_lock(&q->lock);
+        q->is_ckpt_wanted = true;
+        pthread_cond_signal(&q->ckpt_cond);
+        pthread_mutex_unlock(&q->lock);
+    }
+    return SQLITE_OK;
+}
+
+/* PASSIVE checkpoints on a connection of its own: they never take the write
+ * lock, so commits go on while the WAL is copied. */
+static void *queue_run_checkpointer(void *arg)
+{
+    struct queue *q = arg;
+    pthread_mutex_lock(&q->lock);
+    while (!q->is_closing) {
+        if (!q->is_ckpt_wanted) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += QUEUE_CHECKPOINT_IDLE_S;
+            pthread_cond_timedwait(&q->ckpt_cond, &q->lock, &until);
+            if (q->is_closing)
+                break;
+        }
+        q->is_ckpt_wanted = false;
+        pthread_mutex_unlock(&q->lock);
+        int log_pages = 0, done_pages = 0;
+        int rc = sqlite3_wal_checkpoint_v2(q->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+                                           &done_pages);
+        if (rc != SQLITE_OK && queue_status_from_sqlite(rc) != QUEUE_ERR_BUSY)
+            log_warn(NULL, "queue checkpoint failed rc=%d error=\"%s\"", rc,
+                     sqlite3_errmsg(q->ckpt_db));
+        pthread_mutex_lock(&q->lock);
+    }
+    pthread_mutex_unlock(&q->lock);
+    return NULL;
+}
+
 int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
 {
     *out = NULL;
@@ -568,6 +622,13 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
         rc = queue_migrate(q->db);
     if (rc == SQLITE_OK)
         rc = queue_prepare_statements(q);
+    if (rc == SQLITE_OK) {
+        sqlite3_wal_autocheckpoint(q->db, 0);
+        sqlite3_wal_hook(q->db, queue_on_wal_commit, q);
+        rc = sqlite3_open_v2(path, &q->ckpt_db, SQLITE_OPEN_READWRITE, NULL);
+        if (rc == SQLITE_OK)
+            rc = queue_configure(q->ckpt_db, busy_timeout_ms);
+    }
     if (rc != SQLITE_OK) {
         log_err(NULL, "queue open failed path=%s rc=%d error=\"%s\"", path, rc,
                 q->db != NULL ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
@@ -582,8 +643,26 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
             pthread_mutex_destroy(&q->lock);
     }
     if (err == 0) {
-        err = pthread_create(&q->thread, NULL, queue_run_committer, q);
+        err = pthread_cond_init(&q->ckpt_cond, NULL);
         if (err != 0) {
+            pthread_cond_destroy(&q->cond);
+            pthread_mutex_destroy(&q->lock);
+        }
+    }
+    if (err == 0) {
+        err = pthread_create(&q->ckpt_thread, NULL, queue_run_checkpointer, q);
+        if (err == 0) {
+            err = pthread_create(&q->thread, NULL, queue_run_committer, q);
+            if (err != 0) {
+                pthread_mutex_lock(&q->lock);
+                q->is_closing = true;
+                pthread_cond_signal(&q->ckpt_cond);
+                pthread_mutex_unlock(&q->lock);
+                pthread_join(q->ckpt_thread, NULL);
+            }
+        }
+        if (err != 0) {
+            pthread_cond_destroy(&q->ckpt_cond);
             pthread_cond_destroy(&q->cond);
             pthread_mutex_destroy(&q->lock);
         }
@@ -605,8 +684,11 @@ void queue_close(struct queue *q)
     pthread_mutex_lock(&q->lock);
     q->is_closing = true;
     pthread_cond_signal(&q->cond);
+    pthread_cond_signal(&q->ckpt_cond);
     pthread_mutex_unlock(&q->lock);
     pthread_join(q->thread, NULL); /* the committer drains the list first */
+    pthread_join(q->ckpt_thread, NULL);
+    pthread_cond_destroy(&q->ckpt_cond);
     pthread_cond_destroy(&q->cond);
     pthread_mutex_destroy(&q->lock);
     queue_free_db(q);

@@ -149,6 +149,57 @@ static void test_migrate_and_due(void **state)
     queue_store_close(s);
 }
 
+/* Outcomes written as a group: all in one transaction; one that cannot be
+ * written (its DSN reuses a queue id) fails alone, the others still land. */
+static void test_record_batch(void **state)
+{
+    struct fixture *f = *state;
+    make_v1_database(f);
+    struct queue_store *s = open_store(f);
+    sql(f, "INSERT INTO messages(id, qid, created_at, sender, auth_user, client_addr, helo, size,"
+           " body) VALUES(2, 'OLDQID000000002', 1000, 's@example.test', 's', '192.0.2.7', 'h', 1,"
+           " X'');"
+           "INSERT INTO bodies(message_id, data) VALUES(2, X'78');"
+           "INSERT INTO recipients(message_id, address) VALUES(2, 'c@three.test');");
+    int64_t a_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'a@one.test'");
+    int64_t b_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'b@two.test'");
+    int64_t c_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'c@three.test'");
+    struct queue_rcpt_update done1[] = {
+        {.recipient_id = a_id, .state = "delivered", .dsn_status = "2.0.0", .last_error = ""},
+        {.recipient_id = b_id, .state = "delivered", .dsn_status = "2.0.0", .last_error = ""},
+    };
+    struct queue_rcpt_update bounced2 = {.recipient_id = c_id, .state = "bounced",
+                                         .dsn_status = "5.1.1", .last_error = "550 5.1.1 no"};
+    const char *dsn_rcpt[] = {"s@example.test"};
+    struct queue_new_message dsn = {.qid = "OLDQID000000001", /* taken: the insert fails */
+                                    .kind = "dsn", .sender = "", .recipients = dsn_rcpt,
+                                    .recipient_count = 1, .data = (const uint8_t *)"x",
+                                    .data_len = 1};
+    struct queue_outcome o1 = {.message_id = 1, .now = 2000, .rcpts = done1, .rcpt_count = 2};
+    struct queue_outcome o2 = {.message_id = 2, .now = 2000, .rcpts = &bounced2,
+                               .rcpt_count = 1, .created = &dsn, .created_count = 1};
+    const struct queue_outcome *group[] = {&o1, &o2};
+    int status[2] = {1, 1};
+    assert_int_not_equal(queue_store_record_batch(s, group, 2, status), 0);
+    assert_int_equal(status[0], 0);
+    assert_int_equal(status[1], QUEUE_ERR_STORAGE);
+    assert_int_equal(sql_int(f, "SELECT state = 'done' FROM messages WHERE id = 1"), 1);
+    assert_int_equal(sql_int(f, "SELECT state = 'queued' FROM messages WHERE id = 2"), 1);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE kind = 'dsn'"), 0);
+
+    /* the same second outcome with a free queue id: written */
+    dsn.qid = "DSNQID000000009";
+    const struct queue_outcome *again[] = {&o2};
+    assert_int_equal(queue_store_record_batch(s, again, 1, status), 0);
+    assert_int_equal(status[0], 0);
+    assert_int_equal(sql_int(f, "SELECT state = 'done' FROM messages WHERE id = 2"), 1);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE kind = 'dsn'"), 1);
+    assert_int_equal(sql_int(f, "SELECT length(data) FROM bodies b JOIN messages m"
+                                " ON m.id = b.message_id WHERE m.qid = 'DSNQID000000009'"),
+                     1);
+    queue_store_close(s);
+}
+
 static void test_record_outcomes(void **state)
 {
     struct fixture *f = *state;
@@ -302,6 +353,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_migrate_and_due, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_record_outcomes, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_record_batch, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_admin_actions, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
