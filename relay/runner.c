@@ -39,6 +39,8 @@
 #define RUNNER_BYTES_MAX (64u << 20) /* their bodies, in bytes (one message may exceed it) */
 #define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
 #define RUNNER_RECORD_BATCH 64       /* delivery outcomes written per transaction */
+#define RUNNER_RECORD_GATHER_MS 20   /* and gathered this long first: each write takes
+                                        the lock the submissions' commits need */
 #define RUNNER_PURGE_EVERY_S 60      /* finished messages past keep_done are removed */
 #define RUNNER_STOP_GRACE_MS 10000  /* deliveries under way get this long at stop */
 #define RUNNER_MAX_ATTEMPTS 64      /* attempt rows kept per message and run */
@@ -190,6 +192,7 @@ struct runner_db_job {
      * waiting behind it are written in the same transaction */
     struct runner_db_job *group[RUNNER_RECORD_BATCH];
     size_t group_n;
+    uint64_t queued_at_ms;
     struct runner_db_job *next;
 };
 
@@ -201,6 +204,7 @@ struct relay_runner {
     uv_async_t stop_async;
     uv_timer_t scan_timer;
     uv_timer_t grace_timer;
+    uv_timer_t record_timer;
     struct dns_resolver *dns;
     gnutls_certificate_credentials_t creds;
     struct queue_store *store;      /* used by one worker job at a time */
@@ -487,6 +491,11 @@ static void runner_rate_take(struct relay_runner *r, const char *key, size_t rcp
 
 static void runner_db_run_next(struct relay_runner *r);
 
+static void runner_on_record_timer(uv_timer_t *t)
+{
+    runner_db_run_next(t->data);
+}
+
 static int runner_cmp_id(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -595,14 +604,29 @@ static void runner_db_run_next(struct relay_runner *r)
 {
     if (r->is_db_busy || r->db_queue == NULL)
         return;
-    r->is_db_busy = true;
     struct runner_db_job *j = r->db_queue;
     j->group_n = 0;
-    if (j->kind == RUNNER_DB_RECORD) /* the records queued behind it, up to a scan */
-        for (struct runner_db_job *p = j;
-             p != NULL && p->kind == RUNNER_DB_RECORD && j->group_n < RUNNER_RECORD_BATCH;
-             p = p->next)
+    if (j->kind == RUNNER_DB_RECORD) { /* the records queued behind it, up to a scan */
+        bool is_scan_behind = false;
+        for (struct runner_db_job *p = j; p != NULL && j->group_n < RUNNER_RECORD_BATCH;
+             p = p->next) {
+            if (p->kind != RUNNER_DB_RECORD) {
+                is_scan_behind = true;
+                break;
+            }
             j->group[j->group_n++] = p;
+        }
+        /* a small group waits a little for company, unless stopping or a scan waits */
+        uint64_t age_ms = uv_now(&r->loop) - j->queued_at_ms;
+        if (j->group_n < RUNNER_RECORD_BATCH && !is_scan_behind && !r->is_stopping &&
+            age_ms < RUNNER_RECORD_GATHER_MS) {
+            if (!uv_is_active((uv_handle_t *)&r->record_timer))
+                uv_timer_start(&r->record_timer, runner_on_record_timer,
+                               RUNNER_RECORD_GATHER_MS - age_ms, 0);
+            return;
+        }
+    }
+    r->is_db_busy = true;
     j->work.data = j;
     if (uv_queue_work(&r->loop, &j->work, runner_db_work, runner_db_after) != 0) {
         r->is_db_busy = false;
@@ -614,6 +638,7 @@ static void runner_db_submit(struct relay_runner *r, struct runner_db_job *j)
 {
     j->runner = r;
     j->next = NULL;
+    j->queued_at_ms = uv_now(&r->loop);
     if (r->db_tail != NULL)
         r->db_tail->next = j;
     else
@@ -1533,6 +1558,7 @@ static void runner_maybe_close(struct relay_runner *r)
     }
     uv_timer_stop(&r->scan_timer);
     uv_timer_stop(&r->grace_timer);
+    uv_timer_stop(&r->record_timer);
     uv_walk(&r->loop, runner_close_walk, NULL);
 }
 
@@ -1586,6 +1612,7 @@ static void runner_on_stop(uv_async_t *a)
     uv_timer_stop(&r->scan_timer);
     if (r->active != NULL)
         uv_timer_start(&r->grace_timer, runner_on_grace, RUNNER_STOP_GRACE_MS, 0);
+    runner_db_run_next(r); /* outcomes gathering for a group are written now */
     runner_maybe_close(r);
 }
 
@@ -1643,6 +1670,8 @@ int relay_runner_start(const struct config *cfg, struct relay_runner **out, char
     r->scan_timer.data = r;
     uv_timer_init(&r->loop, &r->grace_timer);
     r->grace_timer.data = r;
+    uv_timer_init(&r->loop, &r->record_timer);
+    r->record_timer.data = r;
     if (dns_resolver_new(&r->loop, &r->set.dns, &r->dns, err, err_size) < 0) {
         uv_walk(&r->loop, runner_close_walk, NULL);
         uv_run(&r->loop, UV_RUN_DEFAULT);
