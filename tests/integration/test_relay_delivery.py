@@ -245,17 +245,24 @@ class RelayDelivery(harness.SmarthostCase):
         self.sh.ctl("queue", "hold", "not-a-qid", expect=2)
 
 
+def one_peer_world(case, behaviour, domain):
+    """One scripted peer on 127.x.y.z:25 and a DNS server pointing domain at it, both
+    cleaned up with the test; skips unless root (port 25)."""
+    if os.geteuid() != 0:
+        case.skipTest("the peers bind port 25: needs root")
+    tmp = tempfile.mkdtemp(prefix="smarthost-world-")
+    case.addCleanup(shutil.rmtree, tmp, True)
+    world = SmtpWorld(tmp)
+    case.addCleanup(world.close)
+    peer = world.peer(behaviour)
+    dns = DnsServer({domain: [f"A {peer.addr}"]})
+    case.addCleanup(dns.close)
+    return peer, dns
+
+
 class RelayCrash(harness.SmarthostCase):
     def test_kill9_during_delivery_then_restart_delivers(self):
-        if os.geteuid() != 0:
-            self.skipTest("the peers bind port 25: needs root")
-        tmp = tempfile.mkdtemp(prefix="smarthost-world-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        world = SmtpWorld(tmp)
-        self.addCleanup(world.close)
-        hold = world.peer("hold_data")
-        dns = DnsServer({"hold.test": [f"A {hold.addr}"]})
-        self.addCleanup(dns.close)
+        hold, dns = one_peer_world(self, "hold_data", "hold.test")
         sh = self.start_smarthost(config={"relay": {
             "enabled": "yes", "dns_servers": dns.servers, "command_timeout": "5s",
             "data_timeout": "30s"}})
@@ -282,15 +289,7 @@ class RelayBacklog(harness.SmarthostCase):
         """An outage ends and the admin flushes: 450 deferred messages (more than the
         200 the runner holds in memory) must all go out as batches finish — not 200 now
         and the rest at the 60-second rescan, as before."""
-        if os.geteuid() != 0:
-            self.skipTest("the peers bind port 25: needs root")
-        tmp = tempfile.mkdtemp(prefix="smarthost-world-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        world = SmtpWorld(tmp)
-        self.addCleanup(world.close)
-        peer = world.peer("421")
-        dns = DnsServer({"bulk.test": [f"A {peer.addr}"]})
-        self.addCleanup(dns.close)
+        peer, dns = one_peer_world(self, "421", "bulk.test")
         sh = self.start_smarthost(config={"relay": {
             "enabled": "yes", "dns_servers": dns.servers, "retry_first": "1h",
             "max_per_domain": "20", "max_per_ip": "20"}})
