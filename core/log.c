@@ -7,6 +7,7 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -31,6 +32,32 @@ static _Atomic(const char *) log_ident_current = NULL;
  * and no "ident[pid]:" because journald records both itself. */
 static atomic_bool log_stderr_is_journal = false;
 static bool log_syslog_open = false; /* only touched by log_setup (start-up, reload) */
+
+/* getpid() is a system call each time (glibc stopped caching it), and every
+ * line carries the pid: kept here, forgotten in a forked child. */
+static _Atomic long log_pid_cached = 0;
+static pthread_once_t log_pid_once = PTHREAD_ONCE_INIT;
+
+static void log_on_fork_child(void)
+{
+    atomic_store(&log_pid_cached, 0);
+}
+
+static void log_register_fork_hook(void)
+{
+    pthread_atfork(NULL, NULL, log_on_fork_child);
+}
+
+static long log_pid(void)
+{
+    long pid = atomic_load(&log_pid_cached);
+    if (pid == 0) {
+        pthread_once(&log_pid_once, log_register_fork_hook);
+        pid = (long)getpid();
+        atomic_store(&log_pid_cached, pid);
+    }
+    return pid;
+}
 
 static const char *log_ident(void)
 {
@@ -120,7 +147,7 @@ static size_t log_format(char *buf, size_t size, bool with_header, enum log_leve
         if (atomic_load(&log_stderr_is_journal))
             truncated |= log_append(buf, size, &len, "<%d>", (int)level);
         else
-            truncated |= log_append(buf, size, &len, "%s[%ld]: ", log_ident(), (long)getpid());
+            truncated |= log_append(buf, size, &len, "%s[%ld]: ", log_ident(), log_pid());
     }
     size_t body = len;
     if (prefix != NULL)
