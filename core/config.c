@@ -225,7 +225,7 @@ static const struct config_key config_key_table[] = {
      .doc = "Send one delay warning after this long queued; 0: never."},
     {.section = "relay", .name = "keep_done", .type = CONFIG_DURATION, .default_value = "1d",
      .min = 0, .max = 30 * MS_PER_D, CONFIG_FIELD(relay_keep_done_ms),
-     .doc = "Keep finished messages this long for queue show."},
+     .doc = "Keep finished messages (envelope, attempts, no content) this long."},
     {.section = "relay", .name = "bounce_to", .type = CONFIG_ENUM, .default_value = "sender",
      .enum_values = "sender|admin|both", CONFIG_FIELD(relay_bounce_to),
      .doc = "Bounces go to the envelope sender, the admin address, or both."},

@@ -375,6 +375,25 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
     return rc;
 }
 
+/* A finished message keeps its envelope, recipients and attempts for `queue
+ * show` (keep_done), not its content: no copy of delivered mail stays on
+ * disk, and the freed pages take the next messages instead of growing the
+ * file. Any DSN was composed before, in the same transaction. */
+static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "DELETE FROM bodies WHERE message_id = ?1 AND EXISTS("
+                                "SELECT 1 FROM messages WHERE id = ?1 AND state = 'done')",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, message_id);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* One outcome's rows, inside the caller's transaction; *step names the
  * statement that failed. Returns an SQLite code. */
 static int queue_store_write_outcome(struct queue_store *s, const struct queue_outcome *o,
@@ -396,6 +415,10 @@ static int queue_store_write_outcome(struct queue_store *s, const struct queue_o
     if (rc == SQLITE_OK) {
         *step = "message";
         rc = queue_store_refresh_message(s, o->message_id, o->now, o->is_warned);
+    }
+    if (rc == SQLITE_OK) {
+        *step = "body";
+        rc = queue_store_drop_done_body(s, o->message_id);
     }
     return rc;
 }

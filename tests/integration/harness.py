@@ -452,8 +452,9 @@ def read_queue(db_path):
     con = sqlite3.connect(uri, uri=True, timeout=DEADLINE)
     try:
         rows = con.execute("SELECT m.id, m.qid, m.sender, m.auth_user, m.client_addr, m.helo,"
-                           " m.size, m.state, b.data FROM messages m"
-                           " JOIN bodies b ON b.message_id = m.id ORDER BY m.id").fetchall()
+                           " m.size, m.state, COALESCE(b.data, X'') FROM messages m"
+                           " LEFT JOIN bodies b ON b.message_id = m.id"  # none once done
+                           " ORDER BY m.id").fetchall()
         rcpts = {}
         for mid, addr in con.execute("SELECT message_id, address FROM recipients ORDER BY id"):
             rcpts.setdefault(mid, []).append(addr)

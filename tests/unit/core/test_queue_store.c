@@ -254,9 +254,13 @@ static void test_record_outcomes(void **state)
     struct queue_outcome o2 = {.message_id = 1, .now = 2400, .attempts = &bounce_attempt,
                                .attempt_count = 1, .rcpts = &bounced, .rcpt_count = 1,
                                .created = &dsn, .created_count = 1};
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM bodies WHERE message_id = 1"), 1);
     assert_int_equal(queue_store_record(s, &o2), 0);
     assert_int_equal(sql_int(f, "SELECT state = 'done' FROM messages WHERE id = 1"), 1);
     assert_int_equal(sql_int(f, "SELECT done_at FROM messages WHERE id = 1"), 2400);
+    /* finished: the content is gone, the envelope and attempts stay for queue show */
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM bodies WHERE message_id = 1"), 0);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM attempts WHERE message_id = 1"), 3);
     assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE kind = 'dsn'"
                                 " AND sender = '' AND state = 'queued'"),
                      1);
