@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +51,8 @@ struct opts {
 static struct opts o = {.host = "127.0.0.1", .port = 587, .concurrency = 16, .size = 10240,
                         .per_conn = 1, .messages = 1000, .from = "bench@example.test",
                         .rcpt = "sink@example.test"};
+
+#define LOADGEN_IO_TIMEOUT_S 60
 
 static gnutls_certificate_credentials_t creds;
 static char *body;
@@ -80,8 +83,8 @@ static int conn_write(struct conn *c, const void *data, size_t len)
     const char *p = data;
     while (len > 0) {
         ssize_t n = c->tls ? gnutls_record_send(c->tls, p, len) : send(c->fd, p, len, MSG_NOSIGNAL);
-        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED || (n < 0 && errno == EINTR && !c->tls))
-            continue;
+        if (n == GNUTLS_E_INTERRUPTED || (n < 0 && errno == EINTR && !c->tls))
+            continue; /* GNUTLS_E_AGAIN / EAGAIN: the send timeout passed */
         if (n <= 0)
             return -1;
         p += n;
@@ -114,9 +117,9 @@ static int conn_reply(struct conn *c, char *text, size_t text_size)
             return -1;
         ssize_t r = c->tls ? gnutls_record_recv(c->tls, c->buf + c->len, sizeof(c->buf) - c->len)
                            : recv(c->fd, c->buf + c->len, sizeof(c->buf) - c->len, 0);
-        if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
+        if (r == GNUTLS_E_INTERRUPTED)
             continue;
-        if (r <= 0)
+        if (r <= 0) /* also GNUTLS_E_AGAIN: the receive timeout passed */
             return -1;
         c->len += (size_t)r;
     }
@@ -151,7 +154,7 @@ static int conn_tls(struct conn *c)
     int rc;
     do
         rc = gnutls_handshake(c->tls);
-    while (rc < 0 && !gnutls_error_is_fatal(rc));
+    while (rc == GNUTLS_E_INTERRUPTED); /* GNUTLS_E_AGAIN: timed out */
     return rc < 0 ? -1 : 0;
 }
 
@@ -167,6 +170,14 @@ static void conn_close(struct conn *c)
     c->fd = -1;
 }
 
+/* A server that stops answering makes a failure, not a hang. */
+static void loadgen_set_timeouts(int fd)
+{
+    struct timeval tv = {.tv_sec = LOADGEN_IO_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
 /* Connect, TLS, EHLO, AUTH PLAIN. */
 static int conn_open(struct conn *c)
 {
@@ -176,6 +187,7 @@ static int conn_open(struct conn *c)
     inet_pton(AF_INET, o.host, &sa.sin_addr);
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    loadgen_set_timeouts(c->fd);
     char text[512] = "";
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         note_error("connect", strerror(errno));
@@ -282,6 +294,7 @@ static int conn_handshake_only(void)
     inet_pton(AF_INET, o.host, &sa.sin_addr);
     int one = 1, rc = 0;
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    loadgen_set_timeouts(c.fd);
     if (connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         note_error("connect", strerror(errno));
         rc = -1;
