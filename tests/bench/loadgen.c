@@ -71,6 +71,14 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* A server that stops answering makes a failure, not a hang: sockets carry
+ * SO_RCVTIMEO/SO_SNDTIMEO, and a wait that GnuTLS reports as AGAIN ends
+ * once this much time has passed. */
+static bool loadgen_timed_out(double since)
+{
+    return now_s() - since >= LOADGEN_IO_TIMEOUT_S;
+}
+
 struct conn {
     int fd;
     gnutls_session_t tls;
@@ -81,10 +89,13 @@ struct conn {
 static int conn_write(struct conn *c, const void *data, size_t len)
 {
     const char *p = data;
+    double t0 = now_s();
     while (len > 0) {
         ssize_t n = c->tls ? gnutls_record_send(c->tls, p, len) : send(c->fd, p, len, MSG_NOSIGNAL);
-        if (n == GNUTLS_E_INTERRUPTED || (n < 0 && errno == EINTR && !c->tls))
-            continue; /* GNUTLS_E_AGAIN / EAGAIN: the send timeout passed */
+        if ((n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) && !loadgen_timed_out(t0))
+            continue; /* GnuTLS says AGAIN for post-handshake records too */
+        if (n < 0 && errno == EINTR && !c->tls)
+            continue;
         if (n <= 0)
             return -1;
         p += n;
@@ -96,6 +107,7 @@ static int conn_write(struct conn *c, const void *data, size_t len)
 /* Read one reply (multi-line aware); returns its code or -1. */
 static int conn_reply(struct conn *c, char *text, size_t text_size)
 {
+    double t0 = now_s();
     for (;;) {
         char *nl;
         while ((nl = memchr(c->buf, '\n', c->len)) != NULL) {
@@ -117,9 +129,9 @@ static int conn_reply(struct conn *c, char *text, size_t text_size)
             return -1;
         ssize_t r = c->tls ? gnutls_record_recv(c->tls, c->buf + c->len, sizeof(c->buf) - c->len)
                            : recv(c->fd, c->buf + c->len, sizeof(c->buf) - c->len, 0);
-        if (r == GNUTLS_E_INTERRUPTED)
-            continue;
-        if (r <= 0) /* also GNUTLS_E_AGAIN: the receive timeout passed */
+        if ((r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) && !loadgen_timed_out(t0))
+            continue; /* e.g. a TLS 1.3 session ticket was read, no data */
+        if (r <= 0)
             return -1;
         c->len += (size_t)r;
     }
@@ -152,9 +164,10 @@ static int conn_tls(struct conn *c)
     gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, creds);
     gnutls_transport_set_int(c->tls, c->fd);
     int rc;
+    double t0 = now_s();
     do
         rc = gnutls_handshake(c->tls);
-    while (rc == GNUTLS_E_INTERRUPTED); /* GNUTLS_E_AGAIN: timed out */
+    while (rc < 0 && !gnutls_error_is_fatal(rc) && !loadgen_timed_out(t0));
     return rc < 0 ? -1 : 0;
 }
 
