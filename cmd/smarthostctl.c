@@ -311,6 +311,15 @@ static int ctl_expect_args(struct ctl *ctl, const struct ctl_args *a, int n)
     return CTL_EXIT_OK;
 }
 
+/* ctl_parse_args, then exactly n positional arguments: negative after
+ * --help (the caller exits 0), else an exit code. */
+static int ctl_parse_exact(struct ctl *ctl, const struct ctl_command *cmd, int argc, char **argv,
+                           int n, struct ctl_args *a)
+{
+    int rc = ctl_parse_args(ctl, cmd, argc, argv, a);
+    return rc != CTL_EXIT_OK ? rc : ctl_expect_args(ctl, a, n);
+}
+
 static int ctl_check_name(struct ctl *ctl, const char *name)
 {
     if (store_name_is_valid(name))
@@ -744,11 +753,9 @@ static int ctl_user_passwd(struct ctl *ctl, int argc, char **argv)
 static int ctl_user_change(struct ctl *ctl, const struct ctl_command *c, int argc, char **argv)
 {
     struct ctl_args a;
-    int rc = ctl_parse_args(ctl, c, argc, argv, &a);
+    int rc = ctl_parse_exact(ctl, c, argc, argv, 1, &a);
     if (rc != CTL_EXIT_OK)
         return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 1)) != CTL_EXIT_OK)
-        return rc;
     const char *name = a.positional[0];
     if ((rc = ctl_check_name(ctl, name)) != CTL_EXIT_OK)
         return rc;
@@ -798,11 +805,9 @@ static int ctl_user_disable(struct ctl *ctl, int argc, char **argv)
 static int ctl_user_show(struct ctl *ctl, int argc, char **argv)
 {
     struct ctl_args a;
-    int rc = ctl_parse_args(ctl, ctl_find("user", "show"), argc, argv, &a);
+    int rc = ctl_parse_exact(ctl, ctl_find("user", "show"), argc, argv, 1, &a);
     if (rc != CTL_EXIT_OK)
         return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 1)) != CTL_EXIT_OK)
-        return rc;
     const char *name = a.positional[0];
     if ((rc = ctl_check_name(ctl, name)) != CTL_EXIT_OK)
         return rc;
@@ -864,11 +869,9 @@ static int ctl_on_account(const struct account *a, void *arg)
 static int ctl_user_list(struct ctl *ctl, int argc, char **argv)
 {
     struct ctl_args a;
-    int rc = ctl_parse_args(ctl, ctl_find("user", "list"), argc, argv, &a);
+    int rc = ctl_parse_exact(ctl, ctl_find("user", "list"), argc, argv, 0, &a);
     if (rc != CTL_EXIT_OK)
         return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
-        return rc;
     struct store *st = NULL;
     if ((rc = ctl_open_store(ctl, &st)) != CTL_EXIT_OK)
         return rc;
@@ -892,11 +895,9 @@ static int ctl_user_list(struct ctl *ctl, int argc, char **argv)
 static int ctl_config_check(struct ctl *ctl, int argc, char **argv)
 {
     struct ctl_args a;
-    int rc = ctl_parse_args(ctl, ctl_find("config", "check"), argc, argv, &a);
+    int rc = ctl_parse_exact(ctl, ctl_find("config", "check"), argc, argv, 0, &a);
     if (rc != CTL_EXIT_OK)
         return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
-        return rc;
     /* Always the file itself, default path included: checking a file that
      * is not there is an error, not "defaults are fine". */
     char err[512];
@@ -920,11 +921,9 @@ static int ctl_config_check(struct ctl *ctl, int argc, char **argv)
 static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv)
 {
     struct ctl_args a;
-    int rc = ctl_parse_args(ctl, ctl_find("config", "defaults"), argc, argv, &a);
+    int rc = ctl_parse_exact(ctl, ctl_find("config", "defaults"), argc, argv, 0, &a);
     if (rc != CTL_EXIT_OK)
         return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
-        return rc;
     config_write_defaults(stdout);
     return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_RUNTIME;
 }
@@ -936,11 +935,9 @@ static int ctl_config_defaults(struct ctl *ctl, int argc, char **argv)
 static int ctl_db_migrate(struct ctl *ctl, int argc, char **argv)
 {
     struct ctl_args a;
-    int rc = ctl_parse_args(ctl, ctl_find("db", "migrate"), argc, argv, &a);
+    int rc = ctl_parse_exact(ctl, ctl_find("db", "migrate"), argc, argv, 0, &a);
     if (rc != CTL_EXIT_OK)
         return rc < 0 ? CTL_EXIT_OK : rc;
-    if ((rc = ctl_expect_args(ctl, &a, 0)) != CTL_EXIT_OK)
-        return rc;
     struct store *st = NULL;
     if ((rc = ctl_open_store(ctl, &st)) != CTL_EXIT_OK)
         return rc;

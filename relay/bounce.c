@@ -89,22 +89,33 @@ static bool bounce_is_field(const char *s, size_t n)
     return true;
 }
 
+/* The next line of the original's header section at *pos: its start and
+ * length without CR LF; false at the empty line that ends the section or at
+ * the end of the message. */
+static bool bounce_next_header_line(const uint8_t *msg, size_t len, size_t *pos,
+                                    const char **line, size_t *n)
+{
+    if (*pos >= len)
+        return false;
+    size_t end = *pos;
+    while (end < len && msg[end] != '\n')
+        end++;
+    *line = (const char *)msg + *pos;
+    *n = end - *pos;
+    if (*n > 0 && (*line)[*n - 1] == '\r')
+        (*n)--;
+    *pos = end + 1;
+    return *n > 0;
+}
+
 /* The original header section: lines up to the first empty one, CRLF,
  * folded lines kept, bounded, cleaned. */
 static void bounce_put_headers(struct bounce_buf *b, const uint8_t *msg, size_t len)
 {
-    size_t pos = 0, out = 0;
+    size_t pos = 0, out = 0, n;
+    const char *s;
     char line[BOUNCE_LINE_MAX + 1];
-    while (pos < len && out < BOUNCE_HEADERS_MAX) {
-        size_t end = pos;
-        while (end < len && msg[end] != '\n')
-            end++;
-        size_t n = end - pos;
-        if (n > 0 && msg[pos + n - 1] == '\r')
-            n--;
-        if (n == 0)
-            break; /* end of the header section */
-        const char *s = (const char *)msg + pos;
+    while (out < BOUNCE_HEADERS_MAX && bounce_next_header_line(msg, len, &pos, &s, &n)) {
         const char *colon = memchr(s, ':', n);
         bool is_continuation = s[0] == ' ' || s[0] == '\t';
         if (is_continuation || (colon != NULL && bounce_is_field(s, (size_t)(colon - s)))) {
@@ -118,7 +129,6 @@ static void bounce_put_headers(struct bounce_buf *b, const uint8_t *msg, size_t 
             bounce_put(b, "\r\n", 2);
             out += k + 2;
         }
-        pos = end + 1;
     }
 }
 
@@ -126,20 +136,13 @@ static void bounce_put_headers(struct bounce_buf *b, const uint8_t *msg, size_t 
 static void bounce_orig_subject(const uint8_t *msg, size_t len, char *out, size_t size)
 {
     out[0] = '\0';
-    size_t pos = 0;
-    while (pos < len) {
-        size_t end = pos;
-        while (end < len && msg[end] != '\n')
-            end++;
-        size_t n = end - pos;
-        if (n > 0 && msg[pos + n - 1] == '\r')
-            n--;
-        if (n == 0)
-            return;
-        if (n > 8 && strncasecmp((const char *)msg + pos, "subject:", 8) == 0) {
+    size_t pos = 0, n;
+    const char *line;
+    while (bounce_next_header_line(msg, len, &pos, &line, &n)) {
+        if (n > 8 && strncasecmp(line, "subject:", 8) == 0) {
             char tmp[200];
             size_t k = n - 8 < sizeof(tmp) - 1 ? n - 8 : sizeof(tmp) - 1;
-            memcpy(tmp, msg + pos + 8, k);
+            memcpy(tmp, line + 8, k);
             tmp[k] = '\0';
             bounce_clean(tmp, out, size);
             char *p = out;
@@ -148,7 +151,6 @@ static void bounce_orig_subject(const uint8_t *msg, size_t len, char *out, size_
             memmove(out, p, strlen(p) + 1);
             return;
         }
-        pos = end + 1;
     }
 }
 

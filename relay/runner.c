@@ -530,13 +530,15 @@ static void runner_db_work(uv_work_t *w)
     }
     /* scan */
     int64_t now = runner_now();
-    size_t purged = 0;
     /* a write, so not at every scan: scans come with every message committed */
+    size_t purged = 0;
     if (now - r->purged_at >= RUNNER_PURGE_EVERY_S &&
-        queue_store_purge_done(r->store, now - (int64_t)r->set.keep_done_s, &purged) == 0 &&
-        (r->purged_at = now, purged > 0))
-        log_info(NULL, "queue: removed %zu finished message%s older than keep_done", purged,
-                 purged == 1 ? "" : "s");
+        queue_store_purge_done(r->store, now - (int64_t)r->set.keep_done_s, &purged) == 0) {
+        r->purged_at = now;
+        if (purged > 0)
+            log_info(NULL, "queue: removed %zu finished message%s older than keep_done", purged,
+                     purged == 1 ? "" : "s");
+    }
     /* the ones in flight (their outcome is not written yet) are skipped in the
      * query itself, so a backlog of them never hides the messages behind */
     j->status = queue_store_due(r->store, now, j->max_msgs, runner_is_in_flight, j, &j->due,
@@ -1623,6 +1625,17 @@ static void runner_thread(void *arg)
     uv_run(&r->loop, UV_RUN_DEFAULT);
 }
 
+/* A runner whose thread never started: its handles are closing; let them
+ * close, then free everything. */
+static void runner_free_unstarted(struct relay_runner *r)
+{
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&r->loop);
+    gnutls_certificate_free_credentials(r->creds);
+    runner_settings_free(&r->set);
+    free(r);
+}
+
 int relay_runner_start(const struct config *cfg, struct relay_runner **out, char *err,
                        size_t err_size)
 {
@@ -1674,22 +1687,14 @@ int relay_runner_start(const struct config *cfg, struct relay_runner **out, char
     r->record_timer.data = r;
     if (dns_resolver_new(&r->loop, &r->set.dns, &r->dns, err, err_size) < 0) {
         uv_walk(&r->loop, runner_close_walk, NULL);
-        uv_run(&r->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&r->loop);
-        gnutls_certificate_free_credentials(r->creds);
-        runner_settings_free(&r->set);
-        free(r);
+        runner_free_unstarted(r);
         return -1;
     }
     if (uv_thread_create(&r->thread, runner_thread, r) != 0) {
         snprintf(err, err_size, "relay: cannot start its thread");
         r->is_stopping = true;
         runner_maybe_close(r);
-        uv_run(&r->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&r->loop);
-        gnutls_certificate_free_credentials(r->creds);
-        runner_settings_free(&r->set);
-        free(r);
+        runner_free_unstarted(r);
         return -1;
     }
     atomic_store(&r->is_started, true);

@@ -458,6 +458,17 @@ static void client_tls_continue(struct client_conn *c)
 
 /* ---- after EHLO: TLS, AUTH, ready ---------------------------------------------- */
 
+/* The handshake starts (after STARTTLS's 220, or at once for implicit TLS). */
+static void client_tls_begin(struct client_conn *c)
+{
+    if (client_tls_start(c) < 0) {
+        client_fail(c, CLIENT_STEP_STARTTLS, 0, "cannot start TLS");
+        return;
+    }
+    client_arm_command(c);
+    client_tls_continue(c);
+}
+
 static void client_ready(struct client_conn *c)
 {
     c->state = ST_READY;
@@ -953,12 +964,7 @@ static void client_on_reply(struct client_conn *c)
         /* bytes after the 220 were sent before TLS: never trusted */
         c->line_len = 0;
         c->state = ST_TLS_HANDSHAKE;
-        if (client_tls_start(c) < 0) {
-            client_fail(c, CLIENT_STEP_STARTTLS, 0, "cannot start TLS");
-            return;
-        }
-        client_arm_command(c);
-        client_tls_continue(c);
+        client_tls_begin(c);
         return;
     case ST_AUTH_PLAIN:
     case ST_AUTH_LOGIN_PASS:
@@ -1184,12 +1190,7 @@ static void client_on_connect(uv_connect_t *req, int status)
     }
     if (c->opt->is_implicit_tls) {
         c->state = ST_TLS_IMPLICIT;
-        if (client_tls_start(c) < 0) {
-            client_fail(c, CLIENT_STEP_STARTTLS, 0, "cannot start TLS");
-            return;
-        }
-        client_arm_command(c);
-        client_tls_continue(c);
+        client_tls_begin(c);
         return;
     }
     c->state = ST_BANNER;
