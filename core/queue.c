@@ -92,6 +92,9 @@ static const char *const queue_migrations[] = {
     "INSERT INTO bodies(message_id, data) SELECT id, body FROM messages;"
     "UPDATE messages SET body = X'';"
     "CREATE INDEX messages_state_done_at ON messages(state, done_at);",
+    /* 4: a large body lives in a file named by the qid (queue_spool.c) and
+     * its row only says so: data is empty and file is 1. */
+    "ALTER TABLE bodies ADD COLUMN file INTEGER NOT NULL DEFAULT 0;",
 };
 #define QUEUE_SCHEMA_VERSION ((int)(sizeof(queue_migrations) / sizeof(queue_migrations[0])))
 
@@ -120,6 +123,11 @@ struct queue {
     struct queue_commit_req *batch[QUEUE_BATCH_MAX];
     int status[QUEUE_BATCH_MAX];
     bool refused[QUEUE_BATCH_MAX]; /* by the account policy, in this round */
+    bool is_spooled[QUEUE_BATCH_MAX]; /* body in a file, written and synced */
+    bool is_spool_failed[QUEUE_BATCH_MAX];
+
+    char spool[4200]; /* queue_spool_dir(): large bodies */
+    int spool_fd;
     char committed[QUEUE_BATCH_MAX][QUEUE_ID_SIZE];
 };
 
@@ -306,7 +314,7 @@ static int queue_prepare_statements(struct queue *q)
         {&q->st_rollback, "ROLLBACK"},
         {&q->st_message, "INSERT INTO messages(qid, created_at, sender, auth_user, client_addr,"
                          " helo, size, body) VALUES(?, ?, ?, ?, ?, ?, ?, X'')"},
-        {&q->st_body, "INSERT INTO bodies(message_id, data) VALUES(?, ?)"},
+        {&q->st_body, "INSERT INTO bodies(message_id, data, file) VALUES(?, ?, ?)"},
         {&q->st_recipient, "INSERT INTO recipients(message_id, address) VALUES(?, ?)"},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
@@ -328,6 +336,8 @@ static void queue_free_db(struct queue *q)
     sqlite3_finalize(q->st_recipient);
     sqlite3_close(q->ckpt_db); /* NULL-safe; the last connection to close checkpoints */
     sqlite3_close(q->db);
+    if (q->spool_fd >= 0)
+        close(q->spool_fd);
 }
 
 /* ---- the committer ---------------------------------------------------- */
@@ -368,7 +378,7 @@ static int queue_write_body(struct queue *q, sqlite3_int64 rowid,
 /* Insert one message, its body and its recipients inside the caller's open
  * transaction. Returns an SQLite code; on failure the caller rolls back. */
 static int queue_insert_message(struct queue *q, const struct queue_commit_req *req,
-                                sqlite3_int64 now)
+                                sqlite3_int64 now, bool is_spooled)
 {
     if (!queue_req_is_valid(req))
         return SQLITE_MISUSE;
@@ -393,13 +403,14 @@ static int queue_insert_message(struct queue *q, const struct queue_commit_req *
     sqlite3_int64 rowid = sqlite3_last_insert_rowid(q->db);
     st = q->st_body;
     sqlite3_bind_int64(st, 1, rowid);
-    rc = sqlite3_bind_zeroblob64(st, 2, (sqlite3_uint64)size);
+    rc = sqlite3_bind_zeroblob64(st, 2, is_spooled ? 0 : (sqlite3_uint64)size);
+    sqlite3_bind_int(st, 3, is_spooled ? 1 : 0);
     if (rc == SQLITE_OK)
         rc = queue_step_done(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_OK)
         return rc;
-    if (size > 0) {
+    if (size > 0 && !is_spooled) {
         rc = queue_write_body(q, rowid, req);
         if (rc != SQLITE_OK)
             return rc;
@@ -439,6 +450,8 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
     for (size_t i = first; rc == SQLITE_OK && i < first + count; i++) {
         struct queue_commit_req *req = q->batch[i];
         q->refused[i] = false;
+        if (q->is_spool_failed[i])
+            continue;
         if (has_policy && req->auth_user != NULL && req->auth_user[0] != '\0') {
             /* check and count in this transaction: atomic with the insert */
             step = "policy";
@@ -467,7 +480,7 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
                 break;
         }
         step = "insert";
-        rc = queue_insert_message(q, req, now);
+        rc = queue_insert_message(q, req, now, q->is_spooled[i]);
         if (rc != SQLITE_OK && count > 1)
             qid = req->qid;
     }
@@ -491,26 +504,90 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
  * transaction so that one bad request (a constraint, one body too big for
  * the disk) does not fail the others. A lock held past the busy timeout
  * fails everyone: retrying would only multiply the wait. */
+static bool queue_req_wants_file(const struct queue *q, const struct queue_commit_req *req)
+{
+    return q->spool_fd >= 0 && req->header_len + req->body_len >= QUEUE_SPOOL_MIN_SIZE &&
+           queue_req_is_valid(req);
+}
+
+/* Before the transaction: the files of the batch's large bodies, each
+ * fdatasync'd, then one fsync of the directory for their names, so the
+ * COMMIT that refers to them never outlives them. A request whose file
+ * could not be written fails alone (452), before its transaction. */
+static void queue_spool_batch(struct queue *q, size_t n)
+{
+    int fds[QUEUE_BATCH_MAX];
+    bool has_files = false;
+    for (size_t i = 0; i < n; i++) {
+        struct queue_commit_req *req = q->batch[i];
+        fds[i] = -1;
+        q->is_spooled[i] = q->is_spool_failed[i] = false;
+        if (!queue_req_wants_file(q, req))
+            continue;
+        int rc = queue_spool_create(q->spool_fd, req->qid, req->header, req->header_len,
+                                    req->body, req->body_len, &fds[i]);
+        if (rc < 0) {
+            log_warn(req->qid, "queue body file not written dir=%s error=\"%s\"", q->spool,
+                     strerror(-rc));
+            q->is_spool_failed[i] = true;
+            continue;
+        }
+        q->is_spooled[i] = has_files = true;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (fds[i] < 0)
+            continue;
+        int rc = queue_spool_finish(fds[i]);
+        if (rc < 0) {
+            log_warn(q->batch[i]->qid, "queue body file not synced dir=%s error=\"%s\"",
+                     q->spool, strerror(-rc));
+            queue_spool_remove(q->spool, q->batch[i]->qid);
+            q->is_spooled[i] = false;
+            q->is_spool_failed[i] = true;
+        }
+    }
+    if (has_files && fsync(q->spool_fd) < 0) {
+        log_warn(NULL, "queue body directory not synced dir=%s error=\"%s\"", q->spool,
+                 strerror(errno));
+        for (size_t i = 0; i < n; i++) {
+            if (q->is_spooled[i])
+                queue_spool_remove(q->spool, q->batch[i]->qid);
+            q->is_spool_failed[i] |= q->is_spooled[i];
+            q->is_spooled[i] = false;
+        }
+    }
+}
+
+static int queue_req_status(const struct queue *q, size_t i, int rc)
+{
+    if (q->is_spool_failed[i])
+        return QUEUE_ERR_STORAGE;
+    return rc == SQLITE_OK && q->refused[i] ? QUEUE_ERR_POLICY : queue_status_from_sqlite(rc);
+}
+
 static void queue_write_batch(struct queue *q, size_t n)
 {
+    queue_spool_batch(q, n);
     int rc = queue_write_transaction(q, 0, n);
     if (rc == SQLITE_OK || n == 1 || queue_rc_is_busy(rc)) {
         for (size_t i = 0; i < n; i++)
-            q->status[i] = rc == SQLITE_OK && q->refused[i] ? QUEUE_ERR_POLICY
-                                                            : queue_status_from_sqlite(rc);
-        return;
-    }
-    bool is_busy = false;
-    for (size_t i = 0; i < n; i++) {
-        if (is_busy) {
-            q->status[i] = QUEUE_ERR_BUSY;
-            continue;
+            q->status[i] = queue_req_status(q, i, rc);
+    } else {
+        bool is_busy = false;
+        for (size_t i = 0; i < n; i++) {
+            if (is_busy) {
+                q->status[i] = QUEUE_ERR_BUSY;
+                continue;
+            }
+            rc = queue_write_transaction(q, i, 1);
+            q->status[i] = queue_req_status(q, i, rc);
+            is_busy = queue_rc_is_busy(rc);
         }
-        rc = queue_write_transaction(q, i, 1);
-        q->status[i] = rc == SQLITE_OK && q->refused[i] ? QUEUE_ERR_POLICY
-                                                        : queue_status_from_sqlite(rc);
-        is_busy = queue_rc_is_busy(rc);
     }
+    /* a file whose row was not committed (refused, failed) is not queued */
+    for (size_t i = 0; i < n; i++)
+        if (q->is_spooled[i] && q->status[i] != QUEUE_OK)
+            queue_spool_remove(q->spool, q->batch[i]->qid);
 }
 
 static void queue_finish_batch(struct queue *q, size_t n)
@@ -608,6 +685,29 @@ static void *queue_run_checkpointer(void *arg)
     return NULL;
 }
 
+/* The directory of large bodies, and what a crash left in it: files
+ * written for a COMMIT that never happened, or whose row was deleted just
+ * before. No committer runs yet, so every file without a row is one. */
+static int queue_open_spool(struct queue *q, const char *path)
+{
+    int err = queue_spool_dir(path, q->spool, sizeof(q->spool));
+    if (err == 0)
+        err = queue_spool_open(q->spool, &q->spool_fd);
+    if (err < 0) {
+        log_err(NULL, "queue body directory unusable dir=%s error=\"%s\"", q->spool,
+                strerror(-err));
+        return SQLITE_CANTOPEN;
+    }
+    size_t removed = 0;
+    int rc = queue_spool_sweep(q->db, q->spool, 0, &removed);
+    if (rc < 0)
+        return rc == QUEUE_ERR_BUSY ? SQLITE_BUSY : SQLITE_IOERR;
+    if (removed > 0)
+        log_info(NULL, "queue removed %zu body file%s without a message dir=%s", removed,
+                 removed == 1 ? "" : "s", q->spool);
+    return SQLITE_OK;
+}
+
 int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
 {
     *out = NULL;
@@ -615,6 +715,7 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
     if (q == NULL)
         return -ENOMEM;
     atomic_init(&q->batches, 0);
+    q->spool_fd = -1;
     int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK)
         rc = queue_configure(q->db, busy_timeout_ms);
@@ -629,6 +730,8 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
         if (rc == SQLITE_OK)
             rc = queue_configure(q->ckpt_db, busy_timeout_ms);
     }
+    if (rc == SQLITE_OK)
+        rc = queue_open_spool(q, path);
     if (rc != SQLITE_OK) {
         log_err(NULL, "queue open failed path=%s rc=%d error=\"%s\"", path, rc,
                 q->db != NULL ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
@@ -815,7 +918,9 @@ int queue_reader_open(const char *path, struct queue_reader **out)
     /* READWRITE without CREATE: reading a WAL database needs its -shm file
      * writable, but a wrong path must not create an empty database. The
      * connection itself never writes (query_only). */
-    int rc = sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE, NULL);
+    int rc = queue_spool_dir(path, r->spool, sizeof(r->spool)) == 0
+                 ? sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE, NULL)
+                 : SQLITE_CANTOPEN;
     if (rc == SQLITE_OK) {
         sqlite3_extended_result_codes(r->db, 1);
         sqlite3_busy_timeout(r->db, QUEUE_READER_BUSY_MS);
@@ -974,7 +1079,7 @@ int queue_reader_body(struct queue_reader *r, const char *qid, uint8_t **out, si
     *out_len = 0;
     sqlite3_stmt *st;
     int rc = queue_reader_prepare(r,
-                                  "SELECT b.data FROM messages m JOIN bodies b"
+                                  "SELECT " QUEUE_BODY_COLUMNS " FROM messages m JOIN bodies b"
                                   " ON b.message_id = m.id WHERE m.qid = ?",
                                   &st);
     if (rc < 0)
@@ -989,19 +1094,7 @@ int queue_reader_body(struct queue_reader *r, const char *qid, uint8_t **out, si
     }
     if (rc != SQLITE_ROW)
         return queue_reader_fail(r, st, rc);
-    const void *blob = sqlite3_column_blob(st, 0);
-    int len = sqlite3_column_bytes(st, 0);
-    if (len > 0 && blob == NULL) /* out of memory inside SQLite */
-        return queue_reader_fail(r, st, sqlite3_errcode(r->db));
-    uint8_t *copy = malloc(len > 0 ? (size_t)len : 1);
-    if (copy == NULL) {
-        sqlite3_finalize(st);
-        return -ENOMEM;
-    }
-    if (len > 0)
-        memcpy(copy, blob, (size_t)len);
+    rc = queue_body_from_row(st, r->spool, out, out_len);
     sqlite3_finalize(st);
-    *out = copy;
-    *out_len = (size_t)len;
-    return 0;
+    return rc;
 }

@@ -3,7 +3,9 @@
 #ifndef SMARTHOST_QUEUE_INTERNAL_H
 #define SMARTHOST_QUEUE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <sqlite3.h>
 
@@ -11,6 +13,7 @@
 
 struct queue_reader {
     sqlite3 *db;
+    char spool[4200]; /* queue_spool_dir() of its database */
 };
 
 int queue_status_from_sqlite(int rc);
@@ -21,6 +24,34 @@ void queue_copy_text(char *out, size_t out_size, sqlite3_stmt *st, int col);
 int queue_configure(sqlite3 *db, unsigned busy_timeout_ms);
 /* Bring module "queue" to this build's schema version. */
 int queue_migrate(sqlite3 *db);
+
+/* ---- queue_spool.c: large bodies as files ---------------------------- */
+
+#define QUEUE_SPOOL_SUFFIX "-bodies"
+/* Bodies of at least this many bytes go to a file instead of the database. */
+#define QUEUE_SPOOL_MIN_SIZE (128u * 1024)
+
+/* "<db_path>-bodies" into out; -ENAMETOOLONG if it does not fit. */
+int queue_spool_dir(const char *db_path, char *out, size_t out_size);
+/* Create the directory (0700) if missing and open it; caller closes *dirfd. */
+int queue_spool_open(const char *dir, int *dirfd);
+/* Create the file for qid (it must not exist), write head then body and
+ * start the write-back; *fd_out is for queue_spool_finish. On failure
+ * nothing is left and a negative errno is returned. */
+int queue_spool_create(int dirfd, const char *qid, const uint8_t *head, size_t head_len,
+                       const uint8_t *body, size_t body_len, int *fd_out);
+/* fdatasync and close; 0 or a negative errno (the fd is closed either way). */
+int queue_spool_finish(int fd);
+/* Remove qid's file; only after the COMMIT that deleted its row. */
+void queue_spool_remove(const char *dir, const char *qid);
+/* A body from a row whose columns are (data, file, qid): the blob, or the
+ * file's content when file is 1. Caller frees *out. 0, -ENOMEM or
+ * QUEUE_ERR_STORAGE (logged). */
+int queue_body_from_row(sqlite3_stmt *st, const char *dir, uint8_t **out, size_t *out_len);
+#define QUEUE_BODY_COLUMNS "b.data, b.file, m.qid"
+/* Remove the files no `bodies` row refers to and at least min_age_s old
+ * (0: all of them; only when no committer can be writing). */
+int queue_spool_sweep(sqlite3 *db, const char *dir, int64_t min_age_s, size_t *removed);
 
 /* Reader helpers: prepare (st NULL with 0 when the tables do not exist
  * yet), fail (log, finalize, map the code), one queue_entry from a row of

@@ -21,8 +21,16 @@
 /* A recipient still waiting for delivery. */
 #define QUEUE_PENDING "r.state IN ('queued', 'deferred')"
 
+/* A file younger than this is left by the sweep: its COMMIT may be coming. */
+#define QUEUE_SPOOL_SWEEP_AGE_S 600
+
 struct queue_store {
     sqlite3 *db;
+    char spool[4200]; /* queue_spool_dir() of the database */
+    /* body files whose rows the open transaction deletes: removed once it
+     * commits, forgotten if it rolls back */
+    char (*doomed)[QUEUE_ID_SIZE];
+    size_t doomed_count, doomed_cap;
 };
 
 int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out)
@@ -31,7 +39,9 @@ int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_st
     struct queue_store *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return -ENOMEM;
-    int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int rc = queue_spool_dir(path, s->spool, sizeof(s->spool)) == 0
+                 ? sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)
+                 : SQLITE_CANTOPEN;
     if (rc == SQLITE_OK)
         rc = queue_configure(s->db, busy_timeout_ms);
     if (rc == SQLITE_OK)
@@ -52,6 +62,7 @@ void queue_store_close(struct queue_store *s)
     if (s == NULL)
         return;
     sqlite3_close(s->db);
+    free(s->doomed);
     free(s);
 }
 
@@ -217,8 +228,10 @@ int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, s
     *out = NULL;
     *out_len = 0;
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db, "SELECT data FROM bodies WHERE message_id = ?", -1, &st,
-                                NULL);
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT " QUEUE_BODY_COLUMNS " FROM bodies b"
+                                " JOIN messages m ON m.id = b.message_id WHERE b.message_id = ?",
+                                -1, &st, NULL);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "body read");
     sqlite3_bind_int64(st, 1, message_id);
@@ -229,21 +242,9 @@ int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, s
     }
     if (rc != SQLITE_ROW)
         return queue_store_fail(s, st, rc, "body read");
-    const void *blob = sqlite3_column_blob(st, 0);
-    int len = sqlite3_column_bytes(st, 0);
-    if (len > 0 && blob == NULL)
-        return queue_store_fail(s, st, sqlite3_errcode(s->db), "body read");
-    uint8_t *copy = malloc(len > 0 ? (size_t)len : 1);
-    if (copy == NULL) {
-        sqlite3_finalize(st);
-        return -ENOMEM;
-    }
-    if (len > 0)
-        memcpy(copy, blob, (size_t)len);
+    rc = queue_body_from_row(st, s->spool, out, out_len);
     sqlite3_finalize(st);
-    *out = copy;
-    *out_len = (size_t)len;
-    return 0;
+    return rc;
 }
 
 /* ---- writing an outcome ------------------------------------------------- */
@@ -379,10 +380,55 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
  * show` (keep_done), not its content: no copy of delivered mail stays on
  * disk, and the freed pages take the next messages instead of growing the
  * file. Any DSN was composed before, in the same transaction. */
-static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
+/* Note message_id's body file (if it has one) for removal after COMMIT;
+ * only_done: only when the message is finished. An SQLite code. */
+static int queue_store_doom_file(struct queue_store *s, int64_t message_id, bool only_done)
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT m.qid FROM messages m JOIN bodies b ON b.message_id = m.id"
+                                " WHERE m.id = ?1 AND b.file = 1 AND (?2 = 0 OR m.state = 'done')",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, message_id);
+    sqlite3_bind_int(st, 2, only_done ? 1 : 0);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (s->doomed_count == s->doomed_cap) {
+            size_t cap = s->doomed_cap ? s->doomed_cap * 2 : 16;
+            void *p = realloc(s->doomed, cap * sizeof(*s->doomed));
+            if (p == NULL) {
+                sqlite3_finalize(st);
+                return SQLITE_NOMEM;
+            }
+            s->doomed = p;
+            s->doomed_cap = cap;
+        }
+        queue_copy_text(s->doomed[s->doomed_count++], QUEUE_ID_SIZE, st, 0);
+        rc = SQLITE_OK;
+    } else {
+        rc = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* After the COMMIT that deleted their rows (committed) or a rollback. */
+static void queue_store_settle_files(struct queue_store *s, bool is_committed)
+{
+    for (size_t i = 0; is_committed && i < s->doomed_count; i++)
+        queue_spool_remove(s->spool, s->doomed[i]);
+    s->doomed_count = 0;
+}
+
+static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
+{
+    int rc = queue_store_doom_file(s, message_id, true);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(s->db,
                                 "DELETE FROM bodies WHERE message_id = ?1 AND EXISTS("
                                 "SELECT 1 FROM messages WHERE id = ?1 AND state = 'done')",
                                 -1, &st, NULL);
@@ -428,6 +474,7 @@ static int queue_store_record_group(struct queue_store *s, const struct queue_ou
                                     size_t n)
 {
     const char *step = "begin";
+    s->doomed_count = 0;
     int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
         rc = queue_store_write_outcome(s, o[i], &step);
@@ -435,6 +482,7 @@ static int queue_store_record_group(struct queue_store *s, const struct queue_ou
         step = "commit";
         rc = queue_exec(s->db, "COMMIT");
     }
+    queue_store_settle_files(s, rc == SQLITE_OK);
     if (rc == SQLITE_OK)
         return SQLITE_OK;
     log_warn(NULL, "queue outcome write failed step=%s outcomes=%zu rc=%d error=\"%s\"", step, n,
@@ -544,18 +592,56 @@ int queue_store_retry(struct queue_store *s, const char *qid, int64_t now, size_
 
 int queue_store_delete(struct queue_store *s, const char *qid)
 {
+    int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK)
+        return queue_store_fail(s, NULL, rc, "delete");
+    s->doomed_count = 0;
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(s->db, "SELECT id FROM messages WHERE qid = ?", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        int64_t id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
+        sqlite3_finalize(st);
+        if (rc == SQLITE_OK && id > 0)
+            rc = queue_store_doom_file(s, id, false);
+    }
     size_t n = 0;
-    int rc = queue_store_change(s, "DELETE FROM messages WHERE qid = ?1", qid, 0, &n, "delete");
-    if (rc < 0)
-        return rc;
+    if (rc != SQLITE_OK) {
+        queue_store_settle_files(s, false);
+        return queue_store_fail(s, NULL, rc, "delete");
+    }
+    rc = queue_store_change(s, "DELETE FROM messages WHERE qid = ?1", qid, 0, &n, "delete");
+    if (rc < 0) {
+        queue_store_settle_files(s, false);
+        return rc; /* rolled back by queue_store_fail */
+    }
+    int src = queue_exec(s->db, "COMMIT");
+    queue_store_settle_files(s, src == SQLITE_OK);
+    if (src != SQLITE_OK)
+        return queue_store_fail(s, NULL, src, "delete");
     return n > 0 ? 0 : QUEUE_ERR_NOT_FOUND;
 }
 
+/* Finished messages older than before, and then the body files that no
+ * message refers to any more (left by a crash between a COMMIT and the
+ * removal of its file, or by a message deleted some other way). */
 int queue_store_purge_done(struct queue_store *s, int64_t before, size_t *count)
 {
-    return queue_store_change(s,
-                              "DELETE FROM messages WHERE state = 'done' AND done_at < ?2",
-                              NULL, before, count, "purge");
+    int rc = queue_store_change(s,
+                                "DELETE FROM messages WHERE state = 'done' AND done_at < ?2",
+                                NULL, before, count, "purge");
+    if (rc < 0)
+        return rc;
+    size_t removed = 0;
+    rc = queue_spool_sweep(s->db, s->spool, QUEUE_SPOOL_SWEEP_AGE_S, &removed);
+    if (rc < 0)
+        log_warn(NULL, "queue body file sweep failed dir=%s", s->spool);
+    else if (removed > 0)
+        log_info(NULL, "queue removed %zu body file%s without a message dir=%s", removed,
+                 removed == 1 ? "" : "s", s->spool);
+    return 0;
 }
 
 /* ---- reader queries for queue show -------------------------------------- */

@@ -559,8 +559,27 @@ static size_t client_body_chunk(struct client_conn *c, uint8_t *out, size_t cap)
     size_t total = t->header_len + t->body_len;
     size_t n = 0;
     while (c->body_off < total && n + 3 < cap) {
-        uint8_t ch = c->body_off < t->header_len ? t->header[c->body_off]
-                                                 : t->body[c->body_off - t->header_len];
+        const uint8_t *p = c->body_off < t->header_len ? t->header + c->body_off
+                                                       : t->body + (c->body_off - t->header_len);
+        if (!c->pending_cr && !c->at_line_start) {
+            /* inside a line: copy up to its CR or LF in one go */
+            size_t left = c->body_off < t->header_len ? t->header_len - c->body_off
+                                                      : total - c->body_off;
+            size_t run = left < cap - 3 - n ? left : cap - 3 - n;
+            const uint8_t *cr = memchr(p, '\r', run);
+            if (cr != NULL)
+                run = (size_t)(cr - p);
+            const uint8_t *lf = memchr(p, '\n', run);
+            if (lf != NULL)
+                run = (size_t)(lf - p);
+            if (run > 0) {
+                memcpy(out + n, p, run);
+                n += run;
+                c->body_off += run;
+                continue;
+            }
+        }
+        uint8_t ch = *p;
         c->body_off++;
         if (c->pending_cr) {
             c->pending_cr = false;

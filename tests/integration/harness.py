@@ -444,6 +444,12 @@ class StoredMessage:
                 f"state={self.state} body={self.body[:300]!r}...>")
 
 
+def spool_body(db_path, qid):
+    """The body of a message whose content is in a file (smarthostd's large bodies)."""
+    with open(os.path.join(db_path + "-bodies", qid), "rb") as f:
+        return f.read()
+
+
 def read_queue(db_path):
     """Every message in the queue database (read-only connection), oldest first."""
     if not os.path.exists(db_path):
@@ -452,9 +458,12 @@ def read_queue(db_path):
     con = sqlite3.connect(uri, uri=True, timeout=DEADLINE)
     try:
         rows = con.execute("SELECT m.id, m.qid, m.sender, m.auth_user, m.client_addr, m.helo,"
-                           " m.size, m.state, COALESCE(b.data, X'') FROM messages m"
+                           " m.size, m.state, COALESCE(b.data, X''), COALESCE(b.file, 0)"
+                           " FROM messages m"
                            " LEFT JOIN bodies b ON b.message_id = m.id"  # none once done
                            " ORDER BY m.id").fetchall()
+        # a large body is a file named by the qid beside the database
+        rows = [r[:8] + (spool_body(db_path, r[1]) if r[9] else r[8],) for r in rows]
         rcpts = {}
         for mid, addr in con.execute("SELECT message_id, address FROM recipients ORDER BY id"):
             rcpts.setdefault(mid, []).append(addr)

@@ -5,8 +5,9 @@ with an RFC 3464 DSN that arrives at the sender domain's server, SERVFAIL deferr
 greylisting delivered on retry, partial recipients, 552 at end of data, a dropped
 connection, a tarpit, TLS used when offered, plaintext after a broken handshake, the
 verify policy refusing a self-signed peer, `queue show` naming the step and the reply,
-hold/release/delete, kill -9 during delivery followed by a restart, and a backlog larger
-than the runner holds in memory delivered in one go after `queue flush`."""
+hold/release/delete, kill -9 during delivery followed by a restart, a backlog larger
+than the runner holds in memory delivered in one go after `queue flush`, and a large
+message relayed intact from its body file, which goes with delivery or deletion."""
 
 import email
 import email.policy
@@ -137,6 +138,29 @@ class RelayDelivery(harness.SmarthostCase):
         m = [m for m in self.p_accept.messages if m["rcpts"] == ["a@pref.test"]][0]
         self.assertIn(b"\r\n..leading dot line\r\n", m["data"])
         self.assertIsNone(harness.lone_cr_or_lf(m["data"]))
+
+    def test_large_message_from_its_body_file(self):
+        # A body this large is kept in a file beside the database, not in it: it is
+        # relayed from there byte for byte (dot-stuffed), and the file goes with the
+        # delivery; a deferred one keeps its file until `queue delete`.
+        body = "".join(f"{'.' if i % 7 == 0 else ''}line {i} {'x' * (i % 300)}\r\n"
+                       for i in range(2000))
+        self.assertGreater(len(body), 128 * 1024)
+        spool = self.sh.db + "-bodies"
+        qid = self.submit(["big@implicit.test"], subject="large", body=body)
+        self.wait_rcpts(qid, {"big@implicit.test": {"delivered"}}, "the large message delivered")
+        m = [m for m in self.p_accept.messages if m["rcpts"] == ["big@implicit.test"]][0]
+        self.assertIsNone(harness.lone_cr_or_lf(m["data"]))
+        self.assertTrue(m["data"].replace(b"\r\n..", b"\r\n.").endswith(body.encode()))
+        self.assertFalse(os.path.exists(os.path.join(spool, qid)))
+
+        qid = self.submit(["big@servfail.test"], subject="large deferred", body=body)
+        self.wait_rcpts(qid, {"big@servfail.test": {"deferred"}}, "the large message deferred")
+        with open(os.path.join(spool, qid), "rb") as f:
+            self.assertTrue(f.read().endswith(body.encode()))
+        self.assertTrue(self.sh.message(qid).body.endswith(body.encode()))
+        self.sh.ctl("queue", "delete", qid)
+        self.assertFalse(os.path.exists(os.path.join(spool, qid)))
 
     def test_refused_connection_then_next_mx_and_implicit_mx(self):
         q1 = self.submit(["b@dead.test"])

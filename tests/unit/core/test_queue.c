@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -26,6 +27,8 @@
 #include <sqlite3.h>
 
 #include "core/queue.h"
+#include "core/queue_internal.h"
+#include "tests/unit/unit_tempdir.h"
 
 #define WAIT_DEADLINE_S 60 /* a hang becomes a failure, never a pass */
 
@@ -40,8 +43,7 @@ static int fixture_setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
-    snprintf(f->dir, sizeof(f->dir), "/tmp/test_queue.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    assert_non_null(unit_tempdir_make(f->dir, sizeof(f->dir), "test_queue"));
     snprintf(f->path, sizeof(f->path), "%s/smarthost.db", f->dir);
     *state = f;
     return 0;
@@ -50,13 +52,7 @@ static int fixture_setup(void **state)
 static int fixture_teardown(void **state)
 {
     struct fixture *f = *state;
-    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
-        char p[128];
-        snprintf(p, sizeof(p), "%s%s", f->path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
+    unit_tempdir_remove(f->dir);
     free(f);
     return 0;
 }
@@ -295,6 +291,20 @@ static void assert_absent(const struct fixture *f, const char *qid)
                      0);
 }
 
+/* Regular files in the queue's body directory. */
+static int64_t spool_file_count(const struct fixture *f)
+{
+    char dir[160];
+    snprintf(dir, sizeof(dir), "%s" QUEUE_SPOOL_SUFFIX, f->path);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int64_t n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_type == DT_REG;
+    closedir(d);
+    return n;
+}
+
 /* ---- round trip (table-driven) ----------------------------------------- */
 
 struct hook_log {
@@ -424,7 +434,7 @@ static void test_roundtrip(void **state)
     }
     queue_close(q);
     assert_int_equal(count_messages(f), n);
-    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
+    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 4);
 
     /* unknown ids */
     struct queue_reader *r = NULL;
@@ -472,7 +482,7 @@ static void test_open_shares_schema_version(void **state)
     q = open_queue(f, 1000);
     queue_close(q);
     assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'auth'"), 3);
-    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
+    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 4);
     assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM schema_version"), 2);
     /* WAL is persistent in the file: the durability promise rests on it */
     assert_int_equal(
@@ -989,7 +999,8 @@ static _Noreturn void crash_child_run(const char *path, int fd)
 
         struct crash_msg *m = calloc(1, sizeof(*m));
         size_t rcpts = 1 + i % CRASH_MAX_RCPTS;
-        size_t body_len = 1000 + (i * 7919) % 60000;
+        /* one in eight is large: its body goes to a file */
+        size_t body_len = 1000 + (i * 7919) % 60000 + (i % 8 == 0 ? QUEUE_SPOOL_MIN_SIZE : 0);
         if (m == NULL || (m->body = malloc(body_len)) == NULL)
             _exit(3);
         queue_id_new(m->qid);
@@ -1115,8 +1126,11 @@ static void test_crash_consistency(void **state)
                      0);
     free(reported);
 
-    /* and the queue opens and writes again after the crash */
+    /* and the queue opens and writes again after the crash, first removing
+     * the body files of messages whose COMMIT never happened */
     struct queue *q = open_queue(f, 5000);
+    assert_true(sql_int(f, "SELECT COUNT(*) FROM bodies WHERE file = 1") > 0);
+    assert_int_equal(spool_file_count(f), sql_int(f, "SELECT COUNT(*) FROM bodies WHERE file = 1"));
     struct tracker t;
     tracker_init(&t);
     struct test_req after;
@@ -1125,6 +1139,82 @@ static void test_crash_consistency(void **state)
     queue_close(q);
     assert_int_equal(after.status, QUEUE_OK);
     tracker_destroy(&t);
+}
+
+/* ---- large bodies in files -------------------------------------------- */
+
+static void test_large_bodies(void **state)
+{
+    struct fixture *f = *state;
+    size_t big_len = QUEUE_SPOOL_MIN_SIZE + 12345;
+    uint8_t *big = malloc(big_len);
+    assert_non_null(big);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = (uint8_t)('a' + i % 26);
+
+    struct queue *q = open_queue(f, 5000);
+    struct tracker t;
+    tracker_init(&t);
+    struct test_req large, small, clash;
+    test_req_init(&large, &t);
+    large.req.body = big;
+    large.req.body_len = big_len;
+    test_req_init(&small, &t);
+    test_req_init(&clash, &t);
+    clash.req.body = big;
+    clash.req.body_len = big_len;
+    /* a file already named like clash's qid: its body cannot be written,
+     * so clash fails alone (452) and leaves nothing, not even that file */
+    char path[192];
+    snprintf(path, sizeof(path), "%s" QUEUE_SPOOL_SUFFIX "/%s", f->path, clash.qid);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(queue_commit_submit(q, &large.req), 0);
+    assert_int_equal(queue_commit_submit(q, &small.req), 0);
+    assert_int_equal(queue_commit_submit(q, &clash.req), 0);
+    tracker_wait_done(&t, 3);
+    assert_int_equal(large.status, QUEUE_OK);
+    assert_int_equal(small.status, QUEUE_OK);
+    assert_int_equal(clash.status, QUEUE_ERR_STORAGE);
+    assert_absent(f, clash.qid);
+    queue_close(q);
+
+    /* the large body is a file (header, then body), its row only says so */
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM bodies WHERE file = 1 AND length(data) = 0"),
+                     1);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM bodies WHERE file = 0"), 1);
+    struct queue_reader *r = NULL;
+    assert_int_equal(queue_reader_open(f->path, &r), 0);
+    uint8_t *stored = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_reader_body(r, large.qid, &stored, &len), 0);
+    size_t header_len = strlen(default_header);
+    assert_int_equal(len, header_len + big_len);
+    assert_memory_equal(stored, default_header, header_len);
+    assert_memory_equal(stored + header_len, big, big_len);
+    free(stored);
+    assert_int_equal(read_entry(r, large.qid).size, header_len + big_len);
+    queue_reader_close(r);
+
+    /* opening removes what no row refers to (what a crash left: the clash
+     * file stands for one), and leaves other names alone */
+    char stranger[192];
+    snprintf(stranger, sizeof(stranger), "%s" QUEUE_SPOOL_SUFFIX "/notes.txt", f->path);
+    fp = fopen(stranger, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    fp = fopen(path, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(spool_file_count(f), 3);
+    q = open_queue(f, 5000);
+    queue_close(q);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(access(stranger, F_OK), 0);
+    assert_int_equal(spool_file_count(f), 2);
+    tracker_destroy(&t);
+    free(big);
 }
 
 int main(void)
@@ -1143,6 +1233,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_with_pending, fixture_setup, fixture_teardown),
         cmocka_unit_test(test_ids_unique),
         cmocka_unit_test_setup_teardown(test_crash_consistency, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_large_bodies, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

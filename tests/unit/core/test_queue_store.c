@@ -2,7 +2,7 @@
  * SQLite file — migration from schema 1 with a message already queued, due
  * selection, outcome records (delivered / deferred / bounced with a DSN
  * created in the same transaction), holds, retries, deletes, purges, and the
- * reader queries behind `queue show`. */
+ * reader queries behind `queue show`, and bodies kept in files. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,12 +10,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <sqlite3.h>
 
 #include "core/queue.h"
+#include "tests/unit/unit_tempdir.h"
 
 struct fixture {
     char dir[64];
@@ -26,8 +30,7 @@ static int fixture_setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
-    snprintf(f->dir, sizeof(f->dir), "/tmp/test_queue_store.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    assert_non_null(unit_tempdir_make(f->dir, sizeof(f->dir), "test_queue_store"));
     snprintf(f->path, sizeof(f->path), "%s/smarthost.db", f->dir);
     *state = f;
     return 0;
@@ -36,13 +39,7 @@ static int fixture_setup(void **state)
 static int fixture_teardown(void **state)
 {
     struct fixture *f = *state;
-    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
-        char p[128];
-        snprintf(p, sizeof(p), "%s%s", f->path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
+    unit_tempdir_remove(f->dir);
     free(f);
     return 0;
 }
@@ -112,7 +109,7 @@ static void test_migrate_and_due(void **state)
     struct fixture *f = *state;
     make_v1_database(f);
     struct queue_store *s = open_store(f);
-    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 3);
+    assert_int_equal(sql_int(f, "SELECT version FROM schema_version WHERE module = 'queue'"), 4);
     assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM attempts"), 0);
     /* 3: the body moved to its own table, the old column left empty */
     assert_int_equal(sql_int(f, "SELECT length(body) FROM messages WHERE id = 1"), 0);
@@ -352,6 +349,114 @@ static void test_admin_actions(void **state)
     queue_store_close(s);
 }
 
+/* ---- large bodies in files (queue_spool.c) ------------------------------ */
+
+static void spool_path(const struct fixture *f, const char *qid, char *out, size_t size)
+{
+    snprintf(out, size, "%s-bodies/%s", f->path, qid);
+}
+
+static void spool_write(const struct fixture *f, const char *qid, const char *content,
+                        time_t mtime)
+{
+    char dir[160], path[192];
+    snprintf(dir, sizeof(dir), "%s-bodies", f->path);
+    mkdir(dir, 0700);
+    spool_path(f, qid, path, sizeof(path));
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    assert_int_equal(fwrite(content, 1, strlen(content), fp), strlen(content));
+    assert_int_equal(fclose(fp), 0);
+    if (mtime != 0) {
+        struct timespec ts[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
+        assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+    }
+}
+
+static bool spool_exists(const struct fixture *f, const char *qid)
+{
+    char path[192];
+    spool_path(f, qid, path, sizeof(path));
+    return access(path, F_OK) == 0;
+}
+
+/* A message whose body row points at its file, with one queued recipient. */
+static void insert_file_message(const struct fixture *f, int id, const char *qid)
+{
+    char text[512];
+    snprintf(text, sizeof(text),
+             "INSERT INTO messages(id, qid, created_at, sender, auth_user, client_addr, helo,"
+             " size, body) VALUES(%d, '%s', 1000, 's@example.test', 'u', '192.0.2.1', 'h', 20, X'');"
+             "INSERT INTO bodies(message_id, data, file) VALUES(%d, X'', 1);"
+             "INSERT INTO recipients(id, message_id, address) VALUES(%d, %d, 'r@example.test');",
+             id, qid, id, id, id);
+    sql(f, text);
+}
+
+static void test_body_files(void **state)
+{
+    struct fixture *f = *state;
+    struct queue_store *s = open_store(f); /* creates the schema */
+    insert_file_message(f, 1, "FILEQID00000001");
+    insert_file_message(f, 2, "FILEQID00000002");
+    insert_file_message(f, 3, "FILEQID00000003"); /* its file is missing */
+    const char *content = "Subject: big\r\n\r\nbody kept in a file\r\n";
+    spool_write(f, "FILEQID00000001", content, 0);
+    spool_write(f, "FILEQID00000002", content, 0);
+
+    uint8_t *body = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_store_body(s, 1, &body, &len), 0);
+    assert_int_equal(len, strlen(content));
+    assert_memory_equal(body, content, len);
+    free(body);
+    assert_int_equal(queue_store_body(s, 3, &body, &len), QUEUE_ERR_STORAGE);
+    assert_null(body);
+    struct queue_reader *r = NULL;
+    assert_int_equal(queue_reader_open(f->path, &r), 0);
+    assert_int_equal(queue_reader_body(r, "FILEQID00000002", &body, &len), 0);
+    assert_int_equal(len, strlen(content));
+    free(body);
+    queue_reader_close(r);
+
+    /* a failed outcome write keeps the file; the delivery that finishes
+     * the message removes it with the row */
+    struct queue_rcpt_update delivered = {.recipient_id = 1, .state = "delivered",
+                                          .dsn_status = "2.0.0", .last_error = "250 ok"};
+    struct queue_outcome o = {.message_id = 1, .now = 2000, .rcpts = &delivered, .rcpt_count = 1};
+    struct queue_new_message dup = {.qid = "FILEQID00000002", .kind = "dsn", .sender = "",
+                                    .recipients = (const char *[]){"x@example.test"},
+                                    .recipient_count = 1, .data = (const uint8_t *)"x",
+                                    .data_len = 1};
+    struct queue_outcome bad = o;
+    bad.created = &dup; /* a qid that exists: the whole transaction rolls back */
+    bad.created_count = 1;
+    assert_int_equal(queue_store_record(s, &bad), QUEUE_ERR_STORAGE);
+    assert_true(spool_exists(f, "FILEQID00000001"));
+    assert_int_equal(queue_store_record(s, &o), 0);
+    assert_false(spool_exists(f, "FILEQID00000001"));
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM bodies WHERE message_id = 1"), 0);
+
+    /* an admin's delete removes it too */
+    assert_int_equal(queue_store_delete(s, "FILEQID00000002"), 0);
+    assert_false(spool_exists(f, "FILEQID00000002"));
+
+    /* the sweep (with the purge) removes old files no row refers to, never a
+     * young one (its COMMIT may be coming), a referenced one or a stranger */
+    time_t old = time(NULL) - 3600;
+    spool_write(f, "ORPHANOLD000001", content, old);
+    spool_write(f, "ORPHANNEW000001", content, 0);
+    spool_write(f, "FILEQID00000003", content, old);
+    spool_write(f, "not-a-qid.txt", content, old);
+    size_t purged = 0;
+    assert_int_equal(queue_store_purge_done(s, 0, &purged), 0);
+    assert_false(spool_exists(f, "ORPHANOLD000001"));
+    assert_true(spool_exists(f, "ORPHANNEW000001"));
+    assert_true(spool_exists(f, "FILEQID00000003"));
+    assert_true(spool_exists(f, "not-a-qid.txt"));
+    queue_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -359,6 +464,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_record_outcomes, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_record_batch, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_admin_actions, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_body_files, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
