@@ -105,6 +105,7 @@ struct config {
     unsigned relay_max_deliveries;    /* concurrent deliveries in total */
     unsigned relay_max_per_domain;    /* … per destination domain */
     unsigned relay_max_per_ip;        /* … per destination address */
+    uint64_t relay_connection_cache_time_ms; /* keep an idle connection; 0 = close at once */
     int relay_tls;                    /* enum client_tls_policy order of words */
     char *relay_tls_policy;           /* "domain=verify, domain2=none" overrides */
     char *relay_rate_limit;           /* "domain=30/m, relayhost=600/h" */

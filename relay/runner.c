@@ -45,6 +45,7 @@
 #define RUNNER_STOP_GRACE_MS 10000  /* deliveries under way get this long at stop */
 #define RUNNER_MAX_ATTEMPTS 64      /* attempt rows kept per message and run */
 #define RUNNER_MAX_RATES 64
+#define RUNNER_IDLE_MAX 16          /* delivered-on connections kept open for the next message */
 #define RUNNER_TEXT_MAX 1024
 
 /* ---- settings copied from the config ------------------------------------ */
@@ -67,6 +68,7 @@ struct runner_settings {
     char dns_servers[512];
     unsigned connect_ms, command_ms, data_ms;
     unsigned max_deliveries, max_per_domain, max_per_ip;
+    uint64_t idle_ms;               /* connection_cache_time (Postfix: smtp_connection_cache_time_limit) */
     enum client_tls_policy tls;
     char *tls_policy;               /* "domain=policy, …" */
     struct runner_rate rates[RUNNER_MAX_RATES];
@@ -140,6 +142,7 @@ struct runner_job {
     struct dns_route route;
     size_t host_i, addr_i;
     bool is_plain_retry;            /* opportunistic TLS failed: same address, no TLS */
+    bool is_from_idle;              /* sending on a parked connection (may have gone stale) */
     char last_error[RUNNER_TEXT_MAX];
     char last_step[16];
     int last_code;
@@ -158,6 +161,18 @@ struct runner_job {
 struct runner_count {
     char key[256];
     unsigned n;
+};
+
+/* A connection whose delivery ended with no message waiting for its
+ * destination: kept open connection_cache_time for the next one (no lookup, no
+ * handshake). It still counts towards its address's max_per_ip. */
+struct runner_idle {
+    struct client_conn *conn;
+    char key[256];
+    char host[256];
+    char addr[80];
+    bool is_counted_ip;
+    uint64_t parked_at_ms;
 };
 
 enum runner_db_kind { RUNNER_DB_SCAN, RUNNER_DB_RECORD };
@@ -205,6 +220,9 @@ struct relay_runner {
     uv_timer_t scan_timer;
     uv_timer_t grace_timer;
     uv_timer_t record_timer;
+    uv_timer_t idle_timer;
+    struct runner_idle idle[RUNNER_IDLE_MAX];
+    size_t idle_count;
     struct dns_resolver *dns;
     gnutls_certificate_credentials_t creds;
     struct queue_store *store;      /* used by one worker job at a time */
@@ -235,6 +253,7 @@ struct relay_runner {
 static void runner_dispatch(struct relay_runner *r);
 static void runner_scan(struct relay_runner *r);
 static void runner_job_next_address(struct runner_job *job);
+static void runner_job_resolve(struct runner_job *job);
 static void runner_job_finish(struct runner_job *job);
 static void runner_maybe_close(struct relay_runner *r);
 static void runner_on_scan_timer(uv_timer_t *t);
@@ -353,6 +372,7 @@ static int runner_settings_load(struct runner_settings *s, const struct config *
     s->max_deliveries = cfg->relay_max_deliveries;
     s->max_per_domain = cfg->relay_max_per_domain;
     s->max_per_ip = cfg->relay_max_per_ip;
+    s->idle_ms = cfg->relay_connection_cache_time_ms;
     s->tls = (enum client_tls_policy)cfg->relay_tls;
     s->tls_policy = strdup(cfg->relay_tls_policy);
     s->relayhost_domains = strdup(cfg->relay_relayhost_domains);
@@ -1166,6 +1186,102 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
 
 static void runner_job_send(struct runner_job *job);
 
+/* ---- parked connections --------------------------------------------------- */
+
+static void runner_on_idle_timer(uv_timer_t *t);
+
+static void runner_idle_remove(struct relay_runner *r, size_t i)
+{
+    if (r->idle[i].is_counted_ip)
+        runner_count_add(r->per_ip, &r->per_ip_count, r->idle[i].addr, -1);
+    r->idle[i] = r->idle[--r->idle_count];
+}
+
+/* The peer closed a parked connection (or said 421): forget it. */
+static void runner_on_idle_lost(struct client_conn *c, void *arg)
+{
+    struct relay_runner *r = arg;
+    for (size_t i = 0; i < r->idle_count; i++) {
+        if (r->idle[i].conn == c) {
+            runner_idle_remove(r, i);
+            return;
+        }
+    }
+}
+
+/* Close the parked connections older than connection_cache_time (all of them when
+ * stopping); wake again for the next one to expire. */
+static void runner_idle_expire(struct relay_runner *r)
+{
+    uint64_t now = uv_now(&r->loop);
+    uint64_t idle_ms = r->set.idle_ms;
+    uint64_t next_ms = 0;
+    for (size_t i = 0; i < r->idle_count;) {
+        struct runner_idle *e = &r->idle[i];
+        uint64_t age = now - e->parked_at_ms;
+        if (r->is_stopping || age >= idle_ms) {
+            struct client_conn *c = e->conn;
+            runner_idle_remove(r, i);
+            client_close(c);
+            continue;
+        }
+        if (next_ms == 0 || idle_ms - age < next_ms)
+            next_ms = idle_ms - age;
+        i++;
+    }
+    if (next_ms > 0)
+        uv_timer_start(&r->idle_timer, runner_on_idle_timer, next_ms, 0);
+}
+
+static void runner_on_idle_timer(uv_timer_t *t)
+{
+    runner_idle_expire(t->data);
+}
+
+/* Keep c, on which job just delivered, for the next message to the same
+ * destination. False when there is no room (the caller closes c). */
+static bool runner_idle_park(struct runner_job *job, struct client_conn *c)
+{
+    struct relay_runner *r = job->runner;
+    if (r->is_stopping || r->set.idle_ms == 0 || r->idle_count == RUNNER_IDLE_MAX)
+        return false;
+    struct runner_idle *e = &r->idle[r->idle_count++];
+    e->conn = c;
+    runner_copy(e->key, sizeof(e->key), job->key);
+    runner_copy(e->host, sizeof(e->host), job->cur_host);
+    runner_copy(e->addr, sizeof(e->addr), job->cur_addr);
+    e->is_counted_ip = job->is_counted_ip; /* the address count moves with the connection */
+    job->is_counted_ip = false;
+    e->parked_at_ms = uv_now(&r->loop);
+    client_park(c, runner_on_idle_lost, r);
+    if (!uv_is_active((uv_handle_t *)&r->idle_timer))
+        uv_timer_start(&r->idle_timer, runner_on_idle_timer, r->set.idle_ms, 0);
+    return true;
+}
+
+/* A parked connection to job's destination, most recently used first; the
+ * job takes it over. */
+static bool runner_idle_take(struct runner_job *job)
+{
+    struct relay_runner *r = job->runner;
+    for (size_t k = r->idle_count; k > 0; k--) {
+        struct runner_idle *e = &r->idle[k - 1];
+        if (strcasecmp(e->key, job->key) != 0)
+            continue;
+        job->conn = e->conn;
+        runner_copy(job->cur_host, sizeof(job->cur_host), e->host);
+        runner_copy(job->cur_addr, sizeof(job->cur_addr), e->addr);
+        job->is_counted_ip = e->is_counted_ip;
+        e->is_counted_ip = false;
+        runner_idle_remove(r, k - 1);
+        job->is_from_idle = true;
+        log_debug(job->msg->due.qid, "reusing the parked connection to %s[%s]", job->cur_host,
+                  job->cur_addr);
+        return true;
+    }
+    return false;
+}
+
 /* Messages to the same destination reuse an open connection: hand c to the
  * oldest pending job for job's destination (no new DNS lookup, no new
  * handshake). Returns false when there is none (the caller closes c). */
@@ -1232,6 +1348,11 @@ static void runner_job_send(struct runner_job *job)
             runner_job_finish(job);
             return;
         }
+        if (job->is_from_idle) {
+            job->is_from_idle = false;
+            runner_job_resolve(job);
+            return;
+        }
         runner_copy(job->last_error, sizeof(job->last_error), "cannot start the transaction");
         job->addr_i++;
         runner_job_next_address(job);
@@ -1242,6 +1363,19 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
 {
     struct runner_job *job = arg;
     struct relay_msg *m = job->msg;
+    bool is_from_idle = job->is_from_idle;
+    job->is_from_idle = false;
+    if (is_from_idle && res->is_connection_failure && res->step <= CLIENT_STEP_MAIL) {
+        /* the parked connection went stale (closed while we wrote MAIL):
+         * not an attempt; look the destination up and connect afresh */
+        log_debug(m->due.qid, "parked connection to %s[%s] lost (%s); reconnecting",
+                  job->cur_host, job->cur_addr, res->reply.text);
+        if (res->is_reusable)
+            client_close(c);
+        job->conn = NULL;
+        runner_job_resolve(job);
+        return;
+    }
     const char *step = client_step_name(res->step);
     char text[RUNNER_TEXT_MAX];
     runner_reply_text(&res->reply, text, sizeof(text));
@@ -1276,7 +1410,7 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
         return;
     }
     job->conn = NULL;
-    if (!res->is_reusable || !runner_reuse(job, c))
+    if (!res->is_reusable || (!runner_reuse(job, c) && !runner_idle_park(job, c)))
         client_close(c);
     runner_job_finish(job);
 }
@@ -1457,15 +1591,15 @@ static void runner_on_relayhost_addr(uv_getaddrinfo_t *req, int status, struct a
     runner_on_route(&route, job);
 }
 
-static void runner_job_start(struct runner_job *job)
+/* The route of job's destination (DNS, or the relayhost's address), then
+ * its addresses in turn. */
+static void runner_job_resolve(struct runner_job *job)
 {
     struct relay_runner *r = job->runner;
-    job->is_started = true;
-    job->next = r->active;
-    r->active = job;
-    r->active_count++;
-    runner_count_add(r->per_key, &r->per_key_count, job->key, 1);
-    runner_rate_take(r, job->key, job->rcpt_n);
+    if (job->is_counted_ip) {
+        runner_count_add(r->per_ip, &r->per_ip_count, job->cur_addr, -1);
+        job->is_counted_ip = false;
+    }
     job->is_resolving = true;
     if (job->is_relayhost) {
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
@@ -1485,6 +1619,21 @@ static void runner_job_start(struct runner_job *job)
                  job->domain);
         runner_job_dns_failed(job, &route);
     }
+}
+
+static void runner_job_start(struct runner_job *job)
+{
+    struct relay_runner *r = job->runner;
+    job->is_started = true;
+    job->next = r->active;
+    r->active = job;
+    r->active_count++;
+    runner_count_add(r->per_key, &r->per_key_count, job->key, 1);
+    runner_rate_take(r, job->key, job->rcpt_n);
+    if (runner_idle_take(job))
+        runner_job_send(job);
+    else
+        runner_job_resolve(job);
 }
 
 /* Start what the limits allow, oldest first. */
@@ -1561,6 +1710,7 @@ static void runner_maybe_close(struct relay_runner *r)
     uv_timer_stop(&r->scan_timer);
     uv_timer_stop(&r->grace_timer);
     uv_timer_stop(&r->record_timer);
+    uv_timer_stop(&r->idle_timer);
     uv_walk(&r->loop, runner_close_walk, NULL);
 }
 
@@ -1612,6 +1762,7 @@ static void runner_on_stop(uv_async_t *a)
             runner_msg_drop(r, m);
     }
     uv_timer_stop(&r->scan_timer);
+    runner_idle_expire(r); /* parked connections: QUIT now */
     if (r->active != NULL)
         uv_timer_start(&r->grace_timer, runner_on_grace, RUNNER_STOP_GRACE_MS, 0);
     runner_db_run_next(r); /* outcomes gathering for a group are written now */
@@ -1685,6 +1836,8 @@ int relay_runner_start(const struct config *cfg, struct relay_runner **out, char
     r->grace_timer.data = r;
     uv_timer_init(&r->loop, &r->record_timer);
     r->record_timer.data = r;
+    uv_timer_init(&r->loop, &r->idle_timer);
+    r->idle_timer.data = r;
     if (dns_resolver_new(&r->loop, &r->set.dns, &r->dns, err, err_size) < 0) {
         uv_walk(&r->loop, runner_close_walk, NULL);
         runner_free_unstarted(r);

@@ -86,6 +86,8 @@ struct client_conn {
 
     client_cb cb;
     void *arg;
+    client_lost_cb lost_cb; /* parked: told if the idle connection dies */
+    void *lost_arg;
     struct client_result result;
 
     /* the transaction */
@@ -146,6 +148,10 @@ static void client_shutdown(struct client_conn *c)
     uv_read_stop((uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->timer, client_on_closed);
     uv_close((uv_handle_t *)&c->tcp, client_on_closed);
+    client_lost_cb lost = c->lost_cb;
+    c->lost_cb = NULL;
+    if (lost != NULL)
+        lost(c, c->lost_arg);
 }
 
 /* ---- writing -------------------------------------------------------------- */
@@ -849,10 +855,18 @@ static void client_on_dot_reply(struct client_conn *c)
     client_txn_done(c);
 }
 
+void client_park(struct client_conn *c, client_lost_cb lost, void *arg)
+{
+    uv_timer_stop(&c->timer);
+    c->lost_cb = lost;
+    c->lost_arg = arg;
+}
+
 int client_send(struct client_conn *c, const struct client_txn *txn, client_cb cb, void *arg)
 {
     if (c == NULL || c->is_closing || c->state != ST_READY || txn == NULL || txn->rcpt_count == 0)
         return -EINVAL;
+    c->lost_cb = NULL;
     struct client_rcpt_result *rr = calloc(txn->rcpt_count, sizeof(*rr));
     if (rr == NULL)
         return -ENOMEM;
@@ -1278,6 +1292,7 @@ void client_close(struct client_conn *c)
     if (c == NULL || c->is_closing)
         return;
     c->cb = NULL;
+    c->lost_cb = NULL;
     if (c->state == ST_READY) {
         client_send_line(c, "QUIT"); /* best effort, no wait for 221 */
         if (c->is_tls)
@@ -1291,6 +1306,7 @@ void client_abort(struct client_conn *c)
     if (c == NULL || c->is_closing)
         return;
     c->cb = NULL;
+    c->lost_cb = NULL;
     c->is_aborted = true;
     client_shutdown(c);
 }

@@ -102,6 +102,12 @@ int client_open(uv_loop_t *loop, const struct sockaddr *addr, const struct clien
 /* One transaction on a ready connection (result.rcpts filled). The txn and
  * its buffers are borrowed until cb runs. Returns 0 or negative. */
 int client_send(struct client_conn *c, const struct client_txn *txn, client_cb cb, void *arg);
+/* Keep a ready, idle connection open for a later client_send: lost(c, arg)
+ * runs once if it dies meanwhile (the peer closes it or says 421), after
+ * which c must not be used. client_send, client_close and client_abort end
+ * the parking (lost never runs after them). */
+typedef void (*client_lost_cb)(struct client_conn *c, void *arg);
+void client_park(struct client_conn *c, client_lost_cb lost, void *arg);
 /* QUIT (best effort) and free; no callback. Safe on any open connection
  * that is not in the middle of client_send. */
 void client_close(struct client_conn *c);

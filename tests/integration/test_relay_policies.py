@@ -1,6 +1,7 @@
 """Relay policies end to end: the upstream relayhost (implicit TLS and required STARTTLS,
 client AUTH from a credentials file, a wrong password deferring instead of bouncing),
-connection reuse for messages to one destination, pacing (mail beyond the rate waits in
+connection reuse for messages to one destination (waiting together, or one after the
+other on a parked connection, which may go stale), pacing (mail beyond the rate waits in
 the queue), the delay warning, the maximum queue lifetime, and bounces to the admin
 address. Time never passes in these tests: message ages are set in the database."""
 
@@ -164,6 +165,48 @@ class RelayPolicies(harness.SmarthostCase):
         self.assertEqual(len(peer.sessions), 1, "one connection for all four messages")
         self.assertEqual([c for c in peer.sessions[0]["commands"] if c.startswith("MAIL")],
                          [f"MAIL FROM:<{SENDER}> BODY=8BITMIME"] * 4)
+
+    def test_a_delivered_on_connection_waits_for_the_next_message(self):
+        peer = self.world.peer("accept")
+        d = self.dns({"parked.test": [f"A {peer.addr}"]})
+        sh = self.start_smarthost(config={"relay": {
+            "enabled": "yes", "dns_servers": d.servers, "connection_cache_time": "1m"}})
+        q1 = self.submit(sh, ["a@parked.test"])
+        self.wait_state(sh, q1, "delivered", "the first message")
+        q2 = self.submit(sh, ["b@parked.test"])
+        self.wait_state(sh, q2, "delivered", "the second message, on the parked connection")
+        self.assertEqual(len(peer.sessions), 1, "the second message reused the connection")
+        self.assertEqual([c.split(":")[0] for c in peer.sessions[0]["commands"]
+                          if c.startswith(("MAIL", "QUIT"))], ["MAIL FROM", "MAIL FROM"])
+        self.assertEqual(len(self.show(sh, q2)["attempts"]), 1)
+        sh.stop()  # a stopping runner says QUIT on its parked connections
+        harness.wait_until(lambda: peer.sessions[0]["commands"][-1:] == ["QUIT"],
+                           "QUIT on the parked connection at stop")
+
+    def test_a_parked_connection_that_went_stale_is_not_an_attempt(self):
+        peer = self.world.peer("one_per_session")
+        d = self.dns({"stale.test": [f"A {peer.addr}"]})
+        sh = self.start_smarthost(config={"log": {"level": "debug"}, "relay": {
+            "enabled": "yes", "dns_servers": d.servers, "connection_cache_time": "1m"}})
+        q1 = self.submit(sh, ["a@stale.test"])
+        self.wait_state(sh, q1, "delivered", "the first message")
+        q2 = self.submit(sh, ["b@stale.test"])
+        info = self.wait_state(sh, q2, "delivered", "the second message, on a new connection")
+        self.assertEqual(len(peer.sessions), 2)
+        self.assertEqual(len(peer.messages), 2)
+        self.assertEqual(len(info["attempts"]), 1, "the stale connection is not an attempt")
+        sh.wait_log(rf"{q2}: parked connection to .* lost")
+
+    def test_no_connection_cache_when_its_time_is_zero(self):
+        peer = self.world.peer("accept")
+        d = self.dns({"nocache.test": [f"A {peer.addr}"]})
+        sh = self.start_smarthost(config={"relay": {
+            "enabled": "yes", "dns_servers": d.servers, "connection_cache_time": "0"}})
+        for i in range(2):
+            qid = self.submit(sh, [f"r{i}@nocache.test"])
+            self.wait_state(sh, qid, "delivered", f"message {i}")
+        harness.wait_until(lambda: len(peer.sessions) == 2 and all(
+            s["commands"][-1:] == ["QUIT"] for s in peer.sessions), "two sessions, each QUIT")
 
     def test_pacing_keeps_mail_queued(self):
         peer = self.world.peer("accept")

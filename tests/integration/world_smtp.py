@@ -16,6 +16,7 @@ an address. Behaviours:
   drop_after_data   reads the whole message, then closes without a reply
   tarpit            accepts the connection and never says anything
   hold_data         like accept, but answers the end of data only after release()
+  one_per_session   like accept, but a second MAIL on a connection closes it unanswered
 Options: ehlo=False (502 to EHLO: HELO only), auth_mechs ("PLAIN LOGIN"),
 starttls (offer STARTTLS with a self-signed certificate), broken_tls (offer it,
 answer 220, then break the handshake), implicit_tls, auth=(user, password) (AUTH PLAIN
@@ -147,6 +148,8 @@ class Peer:
                 if self.auth and not authed:
                     io.send("530 5.7.0 authentication required")
                     continue
+                if self.behaviour == "one_per_session" and session.get("delivered"):
+                    return
                 mail_from, rcpts = _addr(line), []
                 io.send("250 2.1.0 ok")
             elif verb == "RCPT":
@@ -182,6 +185,7 @@ class Peer:
                         self.messages.append({"mail_from": mail_from, "rcpts": list(rcpts),
                                               "data": data, "tls": session["tls"],
                                               "auth": authed})
+                    session["delivered"] = True
                     io.send("250 2.0.0 queued here")
                 mail_from, rcpts = None, []
             elif verb == "RSET":
