@@ -8,6 +8,7 @@
  * the process died is still 'queued' or 'deferred' and is tried again. */
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,8 @@
 /* A file younger than this is left by the sweep: its COMMIT may be coming. */
 #define QUEUE_SPOOL_SWEEP_AGE_S 600
 
+#define QUEUE_STORE_STMTS 32
+
 struct queue_store {
     sqlite3 *db;
     char spool[4200]; /* queue_spool_dir() of the database */
@@ -31,7 +34,56 @@ struct queue_store {
      * commits, forgotten if it rolls back */
     char (*doomed)[QUEUE_ID_SIZE];
     size_t doomed_count, doomed_cap;
+    /* prepared statements kept for the next call with the same SQL (the
+     * runner runs the same few per message: parsing them was ~3% of CPU) */
+    struct queue_store_stmt {
+        char *sql;
+        sqlite3_stmt *st;
+        bool is_in_use;
+    } stmts[QUEUE_STORE_STMTS];
+    size_t stmt_count;
 };
+
+/* sqlite3_prepare_v2 through the cache: the statement of an earlier call
+ * with the same SQL when it is free (a nested use prepares its own). */
+static int store_prepare(struct queue_store *s, const char *sql, int n, sqlite3_stmt **st,
+                         const char **tail)
+{
+    (void)n;
+    *st = NULL;
+    for (size_t i = 0; i < s->stmt_count; i++) {
+        struct queue_store_stmt *c = &s->stmts[i];
+        if (!c->is_in_use && strcmp(c->sql, sql) == 0) {
+            c->is_in_use = true;
+            *st = c->st;
+            return SQLITE_OK;
+        }
+    }
+    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, tail);
+    if (rc != SQLITE_OK || *st == NULL || s->stmt_count == QUEUE_STORE_STMTS)
+        return rc;
+    char *copy = strdup(sql);
+    if (copy != NULL)
+        s->stmts[s->stmt_count++] = (struct queue_store_stmt){copy, *st, true};
+    return rc;
+}
+
+/* sqlite3_finalize through the cache: a cached statement is reset and its
+ * bindings cleared for the next call. */
+static void store_done(struct queue_store *s, sqlite3_stmt *st)
+{
+    if (st == NULL)
+        return;
+    for (size_t i = 0; i < s->stmt_count; i++) {
+        if (s->stmts[i].st == st) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            s->stmts[i].is_in_use = false;
+            return;
+        }
+    }
+    store_done(s, st);
+}
 
 int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out)
 {
@@ -61,6 +113,10 @@ void queue_store_close(struct queue_store *s)
 {
     if (s == NULL)
         return;
+    for (size_t i = 0; i < s->stmt_count; i++) {
+        sqlite3_finalize(s->stmts[i].st);
+        free(s->stmts[i].sql);
+    }
     sqlite3_close(s->db);
     free(s->doomed);
     free(s);
@@ -69,7 +125,7 @@ void queue_store_close(struct queue_store *s)
 static int queue_store_fail(struct queue_store *s, sqlite3_stmt *st, int rc, const char *what)
 {
     log_err(NULL, "queue %s failed rc=%d error=\"%s\"", what, rc, sqlite3_errmsg(s->db));
-    sqlite3_finalize(st);
+    store_done(s, st);
     if (!sqlite3_get_autocommit(s->db))
         queue_exec(s->db, "ROLLBACK");
     return queue_status_from_sqlite(rc);
@@ -89,7 +145,7 @@ void queue_due_free(struct queue_due *due, size_t count)
 static int queue_store_due_rcpts(struct queue_store *s, struct queue_due *d, int64_t now)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "SELECT r.id, r.address, r.attempts FROM recipients r"
                                 " WHERE r.message_id = ? AND " QUEUE_PENDING
                                 " AND r.next_attempt_at <= ? ORDER BY r.id",
@@ -104,7 +160,7 @@ static int queue_store_due_rcpts(struct queue_store *s, struct queue_due *d, int
             size_t ncap = cap ? cap * 2 : 4;
             struct queue_due_rcpt *n = realloc(d->rcpts, ncap * sizeof(*n));
             if (n == NULL) {
-                sqlite3_finalize(st);
+                store_done(s, st);
                 return -ENOMEM;
             }
             d->rcpts = n;
@@ -117,7 +173,7 @@ static int queue_store_due_rcpts(struct queue_store *s, struct queue_due *d, int
     }
     if (rc != SQLITE_DONE)
         return queue_store_fail(s, st, rc, "due recipients");
-    sqlite3_finalize(st);
+    store_done(s, st);
     return 0;
 }
 
@@ -132,7 +188,7 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
     sqlite3_stmt *st = NULL;
     /* messages.next_attempt_at is kept equal to the earliest pending
      * recipient's, so the index on it finds what is due. */
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "SELECT m.id, m.qid, m.created_at, m.sender, m.auth_user, m.kind,"
                                 " m.warned_at, m.size FROM messages m"
                                 " WHERE m.state = 'queued' AND m.held = 0"
@@ -143,7 +199,7 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
     sqlite3_bind_int64(st, 1, now);
     struct queue_due *due = calloc(max, sizeof(*due));
     if (due == NULL) {
-        sqlite3_finalize(st);
+        store_done(s, st);
         return -ENOMEM;
     }
     size_t n = 0;
@@ -167,11 +223,11 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
         queue_due_free(due, n);
         return queue_store_fail(s, st, rc, "due messages");
     }
-    sqlite3_finalize(st);
+    store_done(s, st);
     /* the sending account's owner gets its bounces (auth's table: absent in
      * a database the account store never opened, which is fine) */
     sqlite3_stmt *ost = NULL;
-    if (sqlite3_prepare_v2(s->db, "SELECT owner FROM accounts WHERE name = ?", -1, &ost, NULL) ==
+    if (store_prepare(s, "SELECT owner FROM accounts WHERE name = ?", -1, &ost, NULL) ==
         SQLITE_OK) {
         for (size_t i = 0; i < n; i++) {
             if (due[i].auth_user[0] == '\0')
@@ -182,7 +238,7 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
             sqlite3_reset(ost);
         }
     }
-    sqlite3_finalize(ost);
+    store_done(s, ost);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         rc = queue_store_due_rcpts(s, &due[i], now);
@@ -208,7 +264,7 @@ int queue_store_next_due(struct queue_store *s, int64_t *at)
 {
     *at = INT64_MAX;
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "SELECT MIN(next_attempt_at) FROM messages"
                                 " WHERE state = 'queued' AND held = 0",
                                 -1, &st, NULL);
@@ -219,7 +275,7 @@ int queue_store_next_due(struct queue_store *s, int64_t *at)
         return queue_store_fail(s, st, rc, "next due");
     if (sqlite3_column_type(st, 0) != SQLITE_NULL)
         *at = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    store_done(s, st);
     return 0;
 }
 
@@ -228,7 +284,7 @@ int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, s
     *out = NULL;
     *out_len = 0;
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "SELECT " QUEUE_BODY_COLUMNS " FROM bodies b"
                                 " JOIN messages m ON m.id = b.message_id WHERE b.message_id = ?",
                                 -1, &st, NULL);
@@ -237,13 +293,13 @@ int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, s
     sqlite3_bind_int64(st, 1, message_id);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        sqlite3_finalize(st);
+        store_done(s, st);
         return QUEUE_ERR_NOT_FOUND;
     }
     if (rc != SQLITE_ROW)
         return queue_store_fail(s, st, rc, "body read");
     rc = queue_body_from_row(st, s->spool, out, out_len);
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -253,7 +309,7 @@ static int queue_store_insert_attempt(struct queue_store *s, int64_t message_id,
                                       const struct queue_attempt *a)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "INSERT INTO attempts(message_id, recipient_id, at, domain, host,"
                                 " address, step, tls, reply, outcome)"
                                 " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -270,7 +326,7 @@ static int queue_store_insert_attempt(struct queue_store *s, int64_t message_id,
     for (int i = 0; i < 7; i++)
         sqlite3_bind_text(st, 4 + i, texts[i] != NULL ? texts[i] : "", -1, SQLITE_STATIC);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -280,7 +336,7 @@ static int queue_store_update_rcpt(struct queue_store *s, int64_t message_id, in
     sqlite3_stmt *st = NULL;
     /* Only a pending recipient changes: a result arriving for one an admin
      * has meanwhile deleted (or a duplicate) changes nothing. */
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "UPDATE recipients SET state = ?, attempts = attempts + 1,"
                                 " next_attempt_at = ?, dsn_status = ?, last_error = ?,"
                                 " updated_at = ? WHERE id = ? AND message_id = ?"
@@ -296,7 +352,7 @@ static int queue_store_update_rcpt(struct queue_store *s, int64_t message_id, in
     sqlite3_bind_int64(st, 6, u->recipient_id);
     sqlite3_bind_int64(st, 7, message_id);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -306,7 +362,7 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     if (m->qid == NULL || m->recipient_count == 0 || m->data_len > INT_MAX)
         return SQLITE_MISUSE;
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "INSERT INTO messages(qid, created_at, sender, auth_user,"
                                 " client_addr, helo, size, body, kind)"
                                 " VALUES(?, ?, ?, '', '', '', ?, X'', ?)",
@@ -319,11 +375,11 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     sqlite3_bind_int64(st, 4, (sqlite3_int64)m->data_len);
     sqlite3_bind_text(st, 5, m->kind != NULL ? m->kind : "dsn", -1, SQLITE_STATIC);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-    sqlite3_finalize(st);
+    store_done(s, st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_int64 id = sqlite3_last_insert_rowid(s->db);
-    rc = sqlite3_prepare_v2(s->db, "INSERT INTO bodies(message_id, data) VALUES(?, ?)", -1, &st,
+    rc = store_prepare(s, "INSERT INTO bodies(message_id, data) VALUES(?, ?)", -1, &st,
                             NULL);
     if (rc != SQLITE_OK)
         return rc;
@@ -331,10 +387,10 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     sqlite3_bind_blob(st, 2, m->data_len > 0 ? m->data : (const void *)"", (int)m->data_len,
                       SQLITE_STATIC);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-    sqlite3_finalize(st);
+    store_done(s, st);
     if (rc != SQLITE_OK)
         return rc;
-    rc = sqlite3_prepare_v2(s->db, "INSERT INTO recipients(message_id, address) VALUES(?, ?)", -1,
+    rc = store_prepare(s, "INSERT INTO recipients(message_id, address) VALUES(?, ?)", -1,
                             &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
@@ -343,7 +399,7 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
         sqlite3_bind_text(st, 2, m->recipients[i], -1, SQLITE_STATIC);
         rc = queue_step_done(st);
     }
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -353,8 +409,8 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
                                        bool is_warned)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(
-        s->db,
+    int rc = store_prepare(
+        s,
         "UPDATE messages SET"
         " next_attempt_at = COALESCE((SELECT MIN(r.next_attempt_at) FROM recipients r"
         "  WHERE r.message_id = messages.id AND " QUEUE_PENDING "), next_attempt_at),"
@@ -372,7 +428,7 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
     sqlite3_bind_int(st, 2, is_warned ? 1 : 0);
     sqlite3_bind_int64(st, 3, message_id);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -385,7 +441,7 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
 static int queue_store_doom_file(struct queue_store *s, int64_t message_id, bool only_done)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
+    int rc = store_prepare(s,
                                 "SELECT m.qid FROM messages m JOIN bodies b ON b.message_id = m.id"
                                 " WHERE m.id = ?1 AND b.file = 1 AND (?2 = 0 OR m.state = 'done')",
                                 -1, &st, NULL);
@@ -399,7 +455,7 @@ static int queue_store_doom_file(struct queue_store *s, int64_t message_id, bool
             size_t cap = s->doomed_cap ? s->doomed_cap * 2 : 16;
             void *p = realloc(s->doomed, cap * sizeof(*s->doomed));
             if (p == NULL) {
-                sqlite3_finalize(st);
+                store_done(s, st);
                 return SQLITE_NOMEM;
             }
             s->doomed = p;
@@ -410,7 +466,7 @@ static int queue_store_doom_file(struct queue_store *s, int64_t message_id, bool
     } else {
         rc = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
     }
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -428,7 +484,7 @@ static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_stmt *st = NULL;
-    rc = sqlite3_prepare_v2(s->db,
+    rc = store_prepare(s,
                                 "DELETE FROM bodies WHERE message_id = ?1 AND EXISTS("
                                 "SELECT 1 FROM messages WHERE id = ?1 AND state = 'done')",
                                 -1, &st, NULL);
@@ -436,7 +492,7 @@ static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
         return rc;
     sqlite3_bind_int64(st, 1, message_id);
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-    sqlite3_finalize(st);
+    store_done(s, st);
     return rc;
 }
 
@@ -532,7 +588,7 @@ static int queue_store_change(struct queue_store *s, const char *sql, const char
                               int64_t number, size_t *changes, const char *what)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    int rc = store_prepare(s, sql, -1, &st, NULL);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, what);
     if (qid != NULL)
@@ -542,7 +598,7 @@ static int queue_store_change(struct queue_store *s, const char *sql, const char
     rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return queue_store_fail(s, st, rc, what);
-    sqlite3_finalize(st);
+    store_done(s, st);
     *changes = (size_t)sqlite3_changes(s->db);
     return 0;
 }
@@ -597,13 +653,13 @@ int queue_store_delete(struct queue_store *s, const char *qid)
         return queue_store_fail(s, NULL, rc, "delete");
     s->doomed_count = 0;
     sqlite3_stmt *st = NULL;
-    rc = sqlite3_prepare_v2(s->db, "SELECT id FROM messages WHERE qid = ?", -1, &st, NULL);
+    rc = store_prepare(s, "SELECT id FROM messages WHERE qid = ?", -1, &st, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         int64_t id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
         rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
-        sqlite3_finalize(st);
+        store_done(s, st);
         if (rc == SQLITE_OK && id > 0)
             rc = queue_store_doom_file(s, id, false);
     }
