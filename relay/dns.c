@@ -456,6 +456,38 @@ static void dns_resolve_hosts(struct dns_lookup *l)
     dns_schedule(l->r);
 }
 
+/* Letters, digits, '-', '.', and '_' (seen in the wild): what a host name
+ * is made of, once c-ares has turned the wire format into text. */
+static bool dns_is_host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_';
+}
+
+int dns_mx_parse(const unsigned char *abuf, int alen, struct dns_mx *mx, size_t max,
+                 size_t *count)
+{
+    *count = 0;
+    struct ares_mx_reply *replies = NULL;
+    int rc = ares_parse_mx_reply(abuf, alen, &replies);
+    if (rc != ARES_SUCCESS)
+        return rc;
+    for (struct ares_mx_reply *m = replies; m != NULL && *count < max; m = m->next) {
+        const char *host = m->host != NULL ? m->host : "";
+        size_t len = strlen(host);
+        bool is_usable = len < sizeof(mx->name);
+        for (size_t i = 0; is_usable && i < len; i++)
+            is_usable = dns_is_host_char(host[i]);
+        if (!is_usable)
+            continue; /* not a host name (c-ares escapes odd bytes as \DDD) */
+        struct dns_mx *d = &mx[(*count)++];
+        memcpy(d->name, host, len + 1);
+        d->preference = m->priority;
+    }
+    ares_free_data(replies);
+    return ARES_SUCCESS;
+}
+
 static void dns_on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     (void)timeouts;
@@ -476,8 +508,7 @@ static void dns_on_mx(void *arg, int status, int timeouts, unsigned char *abuf, 
         dns_fail(l, DNS_TEMPFAIL, "%s looking up MX for %.200s", dns_words(status), l->domain);
         return;
     }
-    struct ares_mx_reply *mx = NULL;
-    int rc = ares_parse_mx_reply(abuf, alen, &mx);
+    int rc = dns_mx_parse(abuf, alen, l->mx, DNS_MAX_HOSTS, &l->mx_count);
     if (rc == ARES_ENODATA) {
         l->route.is_implicit_mx = true;
         l->route.host_count = 1;
@@ -490,13 +521,6 @@ static void dns_on_mx(void *arg, int status, int timeouts, unsigned char *abuf, 
                  ares_strerror(rc));
         return;
     }
-    l->mx_count = 0;
-    for (struct ares_mx_reply *m = mx; m != NULL && l->mx_count < DNS_MAX_HOSTS; m = m->next) {
-        struct dns_mx *d = &l->mx[l->mx_count++];
-        snprintf(d->name, sizeof(d->name), "%s", m->host != NULL ? m->host : "");
-        d->preference = m->priority;
-    }
-    ares_free_data(mx);
     if (dns_mx_is_null(l->mx, l->mx_count)) {
         dns_fail(l, DNS_NULLMX, "%.200s does not accept mail (null MX)", l->domain);
         return;
