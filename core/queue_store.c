@@ -46,10 +46,8 @@ struct queue_store {
 
 /* sqlite3_prepare_v2 through the cache: the statement of an earlier call
  * with the same SQL when it is free (a nested use prepares its own). */
-static int store_prepare(struct queue_store *s, const char *sql, int n, sqlite3_stmt **st,
-                         const char **tail)
+static int store_prepare(struct queue_store *s, const char *sql, sqlite3_stmt **st)
 {
-    (void)n;
     *st = NULL;
     for (size_t i = 0; i < s->stmt_count; i++) {
         struct queue_store_stmt *c = &s->stmts[i];
@@ -59,7 +57,7 @@ static int store_prepare(struct queue_store *s, const char *sql, int n, sqlite3_
             return SQLITE_OK;
         }
     }
-    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, tail);
+    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
     if (rc != SQLITE_OK || *st == NULL || s->stmt_count == QUEUE_STORE_STMTS)
         return rc;
     char *copy = strdup(sql);
@@ -82,7 +80,7 @@ static void store_done(struct queue_store *s, sqlite3_stmt *st)
             return;
         }
     }
-    store_done(s, st);
+    sqlite3_finalize(st); /* prepared past the cache: a nested use, or the cache was full */
 }
 
 int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out)
@@ -146,10 +144,9 @@ static int queue_store_due_rcpts(struct queue_store *s, struct queue_due *d, int
 {
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(s,
-                                "SELECT r.id, r.address, r.attempts FROM recipients r"
-                                " WHERE r.message_id = ? AND " QUEUE_PENDING
-                                " AND r.next_attempt_at <= ? ORDER BY r.id",
-                                -1, &st, NULL);
+                           "SELECT r.id, r.address, r.attempts FROM recipients r"
+                           " WHERE r.message_id = ? AND " QUEUE_PENDING
+                           " AND r.next_attempt_at <= ? ORDER BY r.id", &st);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "due recipients");
     sqlite3_bind_int64(st, 1, d->id);
@@ -189,11 +186,10 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
     /* messages.next_attempt_at is kept equal to the earliest pending
      * recipient's, so the index on it finds what is due. */
     int rc = store_prepare(s,
-                                "SELECT m.id, m.qid, m.created_at, m.sender, m.auth_user, m.kind,"
-                                " m.warned_at, m.size FROM messages m"
-                                " WHERE m.state = 'queued' AND m.held = 0"
-                                " AND m.next_attempt_at <= ? ORDER BY m.next_attempt_at, m.id",
-                                -1, &st, NULL);
+                           "SELECT m.id, m.qid, m.created_at, m.sender, m.auth_user, m.kind,"
+                           " m.warned_at, m.size FROM messages m"
+                           " WHERE m.state = 'queued' AND m.held = 0"
+                           " AND m.next_attempt_at <= ? ORDER BY m.next_attempt_at, m.id", &st);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "due messages");
     sqlite3_bind_int64(st, 1, now);
@@ -227,8 +223,7 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
     /* the sending account's owner gets its bounces (auth's table: absent in
      * a database the account store never opened, which is fine) */
     sqlite3_stmt *ost = NULL;
-    if (store_prepare(s, "SELECT owner FROM accounts WHERE name = ?", -1, &ost, NULL) ==
-        SQLITE_OK) {
+    if (store_prepare(s, "SELECT owner FROM accounts WHERE name = ?", &ost) == SQLITE_OK) {
         for (size_t i = 0; i < n; i++) {
             if (due[i].auth_user[0] == '\0')
                 continue;
@@ -265,9 +260,8 @@ int queue_store_next_due(struct queue_store *s, int64_t *at)
     *at = INT64_MAX;
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(s,
-                                "SELECT MIN(next_attempt_at) FROM messages"
-                                " WHERE state = 'queued' AND held = 0",
-                                -1, &st, NULL);
+                           "SELECT MIN(next_attempt_at) FROM messages"
+                           " WHERE state = 'queued' AND held = 0", &st);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "next due");
     rc = sqlite3_step(st);
@@ -285,9 +279,8 @@ int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, s
     *out_len = 0;
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(s,
-                                "SELECT " QUEUE_BODY_COLUMNS " FROM bodies b"
-                                " JOIN messages m ON m.id = b.message_id WHERE b.message_id = ?",
-                                -1, &st, NULL);
+                           "SELECT " QUEUE_BODY_COLUMNS " FROM bodies b"
+                           " JOIN messages m ON m.id = b.message_id WHERE b.message_id = ?", &st);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "body read");
     sqlite3_bind_int64(st, 1, message_id);
@@ -310,10 +303,9 @@ static int queue_store_insert_attempt(struct queue_store *s, int64_t message_id,
 {
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(s,
-                                "INSERT INTO attempts(message_id, recipient_id, at, domain, host,"
-                                " address, step, tls, reply, outcome)"
-                                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                -1, &st, NULL);
+                           "INSERT INTO attempts(message_id, recipient_id, at, domain, host,"
+                           " address, step, tls, reply, outcome)"
+                           " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_int64(st, 1, message_id);
@@ -337,11 +329,10 @@ static int queue_store_update_rcpt(struct queue_store *s, int64_t message_id, in
     /* Only a pending recipient changes: a result arriving for one an admin
      * has meanwhile deleted (or a duplicate) changes nothing. */
     int rc = store_prepare(s,
-                                "UPDATE recipients SET state = ?, attempts = attempts + 1,"
-                                " next_attempt_at = ?, dsn_status = ?, last_error = ?,"
-                                " updated_at = ? WHERE id = ? AND message_id = ?"
-                                " AND state IN ('queued', 'deferred')",
-                                -1, &st, NULL);
+                           "UPDATE recipients SET state = ?, attempts = attempts + 1,"
+                           " next_attempt_at = ?, dsn_status = ?, last_error = ?,"
+                           " updated_at = ? WHERE id = ? AND message_id = ?"
+                           " AND state IN ('queued', 'deferred')", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_text(st, 1, u->state, -1, SQLITE_STATIC);
@@ -363,10 +354,9 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
         return SQLITE_MISUSE;
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(s,
-                                "INSERT INTO messages(qid, created_at, sender, auth_user,"
-                                " client_addr, helo, size, body, kind)"
-                                " VALUES(?, ?, ?, '', '', '', ?, X'', ?)",
-                                -1, &st, NULL);
+                           "INSERT INTO messages(qid, created_at, sender, auth_user,"
+                           " client_addr, helo, size, body, kind)"
+                           " VALUES(?, ?, ?, '', '', '', ?, X'', ?)", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_text(st, 1, m->qid, -1, SQLITE_STATIC);
@@ -379,8 +369,7 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_int64 id = sqlite3_last_insert_rowid(s->db);
-    rc = store_prepare(s, "INSERT INTO bodies(message_id, data) VALUES(?, ?)", -1, &st,
-                            NULL);
+    rc = store_prepare(s, "INSERT INTO bodies(message_id, data) VALUES(?, ?)", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_int64(st, 1, id);
@@ -390,8 +379,7 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
     store_done(s, st);
     if (rc != SQLITE_OK)
         return rc;
-    rc = store_prepare(s, "INSERT INTO recipients(message_id, address) VALUES(?, ?)", -1,
-                            &st, NULL);
+    rc = store_prepare(s, "INSERT INTO recipients(message_id, address) VALUES(?, ?)", &st);
     if (rc != SQLITE_OK)
         return rc;
     for (size_t i = 0; rc == SQLITE_OK && i < m->recipient_count; i++) {
@@ -420,8 +408,7 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
         "  WHERE r.message_id = messages.id AND " QUEUE_PENDING ") THEN 0"
         "  WHEN done_at > 0 THEN done_at ELSE ?1 END,"
         " warned_at = CASE WHEN ?2 THEN ?1 ELSE warned_at END"
-        " WHERE id = ?3",
-        -1, &st, NULL);
+        " WHERE id = ?3", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_int64(st, 1, now);
@@ -442,9 +429,8 @@ static int queue_store_doom_file(struct queue_store *s, int64_t message_id, bool
 {
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(s,
-                                "SELECT m.qid FROM messages m JOIN bodies b ON b.message_id = m.id"
-                                " WHERE m.id = ?1 AND b.file = 1 AND (?2 = 0 OR m.state = 'done')",
-                                -1, &st, NULL);
+                           "SELECT m.qid FROM messages m JOIN bodies b ON b.message_id = m.id"
+                           " WHERE m.id = ?1 AND b.file = 1 AND (?2 = 0 OR m.state = 'done')", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_int64(st, 1, message_id);
@@ -485,9 +471,8 @@ static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
         return rc;
     sqlite3_stmt *st = NULL;
     rc = store_prepare(s,
-                                "DELETE FROM bodies WHERE message_id = ?1 AND EXISTS("
-                                "SELECT 1 FROM messages WHERE id = ?1 AND state = 'done')",
-                                -1, &st, NULL);
+                       "DELETE FROM bodies WHERE message_id = ?1 AND EXISTS("
+                       "SELECT 1 FROM messages WHERE id = ?1 AND state = 'done')", &st);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_int64(st, 1, message_id);
@@ -588,7 +573,7 @@ static int queue_store_change(struct queue_store *s, const char *sql, const char
                               int64_t number, size_t *changes, const char *what)
 {
     sqlite3_stmt *st = NULL;
-    int rc = store_prepare(s, sql, -1, &st, NULL);
+    int rc = store_prepare(s, sql, &st);
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, what);
     if (qid != NULL)
@@ -653,7 +638,7 @@ int queue_store_delete(struct queue_store *s, const char *qid)
         return queue_store_fail(s, NULL, rc, "delete");
     s->doomed_count = 0;
     sqlite3_stmt *st = NULL;
-    rc = store_prepare(s, "SELECT id FROM messages WHERE qid = ?", -1, &st, NULL);
+    rc = store_prepare(s, "SELECT id FROM messages WHERE qid = ?", &st);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);

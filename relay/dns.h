@@ -85,8 +85,9 @@ void dns_mx_order(struct dns_mx *mx, size_t count, uint32_t (*rand_fn)(uint32_t 
                   void *arg);
 /* The MX records of a DNS answer (untrusted bytes) into mx[0..max), in the
  * answer's order; records whose exchanger is not a host name (any byte but
- * letters, digits, '-', '.', '_', or too long) are left out. Returns ARES_SUCCESS, or c-ares' status
- * (ARES_ENODATA: no MX record; ARES_EBADRESP: malformed) with *count 0. */
+ * letters, digits, '-', '.', '_', or too long) are left out. Returns
+ * ARES_SUCCESS, or c-ares' status (ARES_ENODATA: no MX record; ARES_EBADRESP:
+ * malformed) with *count 0. */
 int dns_mx_parse(const unsigned char *abuf, int alen, struct dns_mx *mx, size_t max,
                  size_t *count);
 /* true when the MX set is the RFC 7505 null MX (single record, target "."). */

@@ -68,7 +68,8 @@ struct runner_settings {
     char dns_servers[512];
     unsigned connect_ms, command_ms, data_ms;
     unsigned max_deliveries, max_per_domain, max_per_ip;
-    uint64_t idle_ms;               /* connection_cache_time (Postfix: smtp_connection_cache_time_limit) */
+    uint64_t idle_ms;               /* connection_cache_time (Postfix:
+                                     * smtp_connection_cache_time_limit) */
     enum client_tls_policy tls;
     char *tls_policy;               /* "domain=policy, …" */
     struct runner_rate rates[RUNNER_MAX_RATES];
@@ -1282,6 +1283,18 @@ static bool runner_idle_take(struct runner_job *job)
     return false;
 }
 
+/* The parked connection job took failed before MAIL was answered (the peer
+ * closed it meanwhile): not an attempt; look the destination up and connect
+ * afresh. */
+static void runner_idle_went_stale(struct runner_job *job, const char *why)
+{
+    log_debug(job->msg->due.qid, "parked connection to %s[%s] lost (%s); reconnecting",
+              job->cur_host, job->cur_addr, why);
+    job->is_from_idle = false;
+    job->conn = NULL;
+    runner_job_resolve(job);
+}
+
 /* Messages to the same destination reuse an open connection: hand c to the
  * oldest pending job for job's destination (no new DNS lookup, no new
  * handshake). Returns false when there is none (the caller closes c). */
@@ -1349,8 +1362,7 @@ static void runner_job_send(struct runner_job *job)
             return;
         }
         if (job->is_from_idle) {
-            job->is_from_idle = false;
-            runner_job_resolve(job);
+            runner_idle_went_stale(job, "cannot start the transaction");
             return;
         }
         runner_copy(job->last_error, sizeof(job->last_error), "cannot start the transaction");
@@ -1363,19 +1375,13 @@ static void runner_on_sent(struct client_conn *c, const struct client_result *re
 {
     struct runner_job *job = arg;
     struct relay_msg *m = job->msg;
-    bool is_from_idle = job->is_from_idle;
-    job->is_from_idle = false;
-    if (is_from_idle && res->is_connection_failure && res->step <= CLIENT_STEP_MAIL) {
-        /* the parked connection went stale (closed while we wrote MAIL):
-         * not an attempt; look the destination up and connect afresh */
-        log_debug(m->due.qid, "parked connection to %s[%s] lost (%s); reconnecting",
-                  job->cur_host, job->cur_addr, res->reply.text);
+    if (job->is_from_idle && res->is_connection_failure && res->step <= CLIENT_STEP_MAIL) {
         if (res->is_reusable)
             client_close(c);
-        job->conn = NULL;
-        runner_job_resolve(job);
+        runner_idle_went_stale(job, res->reply.text);
         return;
     }
+    job->is_from_idle = false;
     const char *step = client_step_name(res->step);
     char text[RUNNER_TEXT_MAX];
     runner_reply_text(&res->reply, text, sizeof(text));
