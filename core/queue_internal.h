@@ -25,6 +25,10 @@ int queue_configure(sqlite3 *db, unsigned busy_timeout_ms);
 /* Bring module "queue" to this build's schema version. */
 int queue_migrate(sqlite3 *db);
 
+/* The store's connection, for tests that look at its prepared statements
+ * (sqlite3_next_stmt) and their query plans. */
+sqlite3 *queue_store_db(struct queue_store *s);
+
 /* ---- queue_spool.c: large bodies as files ---------------------------- */
 
 #define QUEUE_SPOOL_SUFFIX "-bodies"

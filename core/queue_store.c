@@ -120,6 +120,11 @@ void queue_store_close(struct queue_store *s)
     free(s);
 }
 
+sqlite3 *queue_store_db(struct queue_store *s)
+{
+    return s->db;
+}
+
 static int queue_store_fail(struct queue_store *s, sqlite3_stmt *st, int rc, const char *what)
 {
     log_err(NULL, "queue %s failed rc=%d error=\"%s\"", what, rc, sqlite3_errmsg(s->db));
@@ -392,22 +397,24 @@ static int queue_store_insert_message(struct queue_store *s, int64_t now,
 }
 
 /* The message row follows its recipients: due when the earliest pending
- * one is, done (with done_at) when none is pending. */
+ * one is, done (with done_at) when none is pending. One pass over the
+ * message's recipients, by recipients_message_id: the '+' keeps the planner
+ * off recipients_state_due, which would walk every pending recipient in the
+ * queue to find this message's (a backlog made each outcome cost as much as
+ * the backlog was long). */
 static int queue_store_refresh_message(struct queue_store *s, int64_t message_id, int64_t now,
                                        bool is_warned)
 {
     sqlite3_stmt *st = NULL;
     int rc = store_prepare(
         s,
-        "UPDATE messages SET"
-        " next_attempt_at = COALESCE((SELECT MIN(r.next_attempt_at) FROM recipients r"
-        "  WHERE r.message_id = messages.id AND " QUEUE_PENDING "), next_attempt_at),"
-        " state = CASE WHEN EXISTS(SELECT 1 FROM recipients r"
-        "  WHERE r.message_id = messages.id AND " QUEUE_PENDING ") THEN 'queued' ELSE 'done' END,"
-        " done_at = CASE WHEN EXISTS(SELECT 1 FROM recipients r"
-        "  WHERE r.message_id = messages.id AND " QUEUE_PENDING ") THEN 0"
-        "  WHEN done_at > 0 THEN done_at ELSE ?1 END,"
-        " warned_at = CASE WHEN ?2 THEN ?1 ELSE warned_at END"
+        "UPDATE messages SET (next_attempt_at, state, done_at, warned_at) = ("
+        "SELECT COALESCE(MIN(r.next_attempt_at), messages.next_attempt_at),"
+        " CASE WHEN COUNT(*) > 0 THEN 'queued' ELSE 'done' END,"
+        " CASE WHEN COUNT(*) > 0 THEN 0 WHEN messages.done_at > 0 THEN messages.done_at"
+        "  ELSE ?1 END,"
+        " CASE WHEN ?2 THEN ?1 ELSE messages.warned_at END"
+        " FROM recipients r WHERE r.message_id = messages.id AND +" QUEUE_PENDING ")"
         " WHERE id = ?3", &st);
     if (rc != SQLITE_OK)
         return rc;
@@ -419,10 +426,6 @@ static int queue_store_refresh_message(struct queue_store *s, int64_t message_id
     return rc;
 }
 
-/* A finished message keeps its envelope, recipients and attempts for `queue
- * show` (keep_done), not its content: no copy of delivered mail stays on
- * disk, and the freed pages take the next messages instead of growing the
- * file. Any DSN was composed before, in the same transaction. */
 /* Note message_id's body file (if it has one) for removal after COMMIT;
  * only_done: only when the message is finished. An SQLite code. */
 static int queue_store_doom_file(struct queue_store *s, int64_t message_id, bool only_done)
@@ -464,6 +467,10 @@ static void queue_store_settle_files(struct queue_store *s, bool is_committed)
     s->doomed_count = 0;
 }
 
+/* A finished message keeps its envelope, recipients and attempts for `queue
+ * show` (keep_done), not its content: no copy of delivered mail stays on
+ * disk, and the freed pages take the next messages instead of growing the
+ * file. Any DSN was composed before, in the same transaction. */
 static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
 {
     int rc = queue_store_doom_file(s, message_id, true);

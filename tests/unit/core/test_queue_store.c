@@ -19,6 +19,7 @@
 #include <sqlite3.h>
 
 #include "core/queue.h"
+#include "core/queue_internal.h"
 #include "tests/unit/unit_tempdir.h"
 
 struct fixture {
@@ -457,12 +458,71 @@ static void test_body_files(void **state)
     queue_store_close(s);
 }
 
+/* Every statement an outcome runs goes straight to its rows: a SEARCH by
+ * rowid or by message_id, never a SCAN and never an index on state. With
+ * thousands of messages pending, such a lookup would read every pending
+ * recipient for each outcome recorded (the refresh of the message row once
+ * did, through recipients_state_due). Read off the store's own prepared
+ * statements with EXPLAIN QUERY PLAN, on a queue with a backlog. */
+static void test_outcome_plans(void **state)
+{
+    struct fixture *f = *state;
+    make_v1_database(f);
+    struct queue_store *s = open_store(f);
+    sql(f, "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < 500)"
+           " INSERT INTO messages(id, qid, created_at, sender, auth_user, client_addr, helo,"
+           " size, body) SELECT i, printf('BACKLOG%08d', i), 1000, 's@x.test', 's', '', '', 1,"
+           " X'' FROM n;"
+           "INSERT INTO recipients(message_id, address) SELECT id, 'r@y.test' FROM messages"
+           " WHERE id > 1;");
+    int64_t a_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'a@one.test'");
+    int64_t b_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'b@two.test'");
+    struct queue_attempt attempt = {.recipient_id = a_id, .domain = "one.test",
+                                    .step = "done", .reply = "250 ok",
+                                    .outcome = "delivered"};
+    struct queue_rcpt_update rcpts[] = {
+        {.recipient_id = a_id, .state = "delivered", .dsn_status = "2.0.0", .last_error = ""},
+        {.recipient_id = b_id, .state = "bounced", .dsn_status = "5.1.1", .last_error = "550"},
+    };
+    const char *dsn_rcpt[] = {"scanner@example.test"};
+    struct queue_new_message dsn = {.qid = "DSNQID000000001", .kind = "dsn", .sender = "",
+                                    .recipients = dsn_rcpt, .recipient_count = 1,
+                                    .data = (const uint8_t *)"x", .data_len = 1};
+    struct queue_outcome o = {.message_id = 1, .now = 2000, .attempts = &attempt,
+                              .attempt_count = 1, .rcpts = rcpts, .rcpt_count = 2,
+                              .created = &dsn, .created_count = 1};
+    assert_int_equal(queue_store_record(s, &o), 0);
+    assert_int_equal(sql_int(f, "SELECT state = 'done' FROM messages WHERE id = 1"), 1);
+
+    sqlite3 *db = queue_store_db(s);
+    size_t checked = 0;
+    for (sqlite3_stmt *st = sqlite3_next_stmt(db, NULL); st != NULL;
+         st = sqlite3_next_stmt(db, st)) {
+        char explain[2048];
+        snprintf(explain, sizeof(explain), "EXPLAIN QUERY PLAN %s", sqlite3_sql(st));
+        sqlite3_stmt *plan = NULL;
+        assert_int_equal(sqlite3_prepare_v2(db, explain, -1, &plan, NULL), SQLITE_OK);
+        while (sqlite3_step(plan) == SQLITE_ROW) {
+            const char *row = (const char *)sqlite3_column_text(plan, 3);
+            bool is_direct = strncmp(row, "SEARCH", 6) != 0 || strstr(row, "PRIMARY KEY") ||
+                             strstr(row, "(message_id=?)");
+            if (strncmp(row, "SCAN", 4) == 0 || !is_direct)
+                fail_msg("%s\n  plan: %s", sqlite3_sql(st), row);
+        }
+        sqlite3_finalize(plan);
+        checked++;
+    }
+    assert_true(checked >= 6); /* attempt, recipient, message, body, DSN rows */
+    queue_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_migrate_and_due, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_record_outcomes, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_record_batch, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_outcome_plans, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_admin_actions, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_body_files, fixture_setup, fixture_teardown),
     };
