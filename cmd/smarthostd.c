@@ -239,7 +239,7 @@ int main(int argc, char **argv)
     queue_set_policy(queue, &defaults);
     struct relay_runner *runner = NULL;
     if (run_cfg->relay_enabled) {
-        if (relay_runner_start(run_cfg, &runner, err, sizeof(err)) < 0) {
+        if (relay_runner_start(run_cfg, queue, &runner, err, sizeof(err)) < 0) {
             log_err(NULL, "%s: %s", path, err);
             return 1;
         }

@@ -34,6 +34,15 @@
  * the line would wait for megabytes of writes and an fsync before their 250. */
 #define QUEUE_CHECKPOINT_PAGES 1000
 #define QUEUE_CHECKPOINT_IDLE_S 10 /* and at least this often while writes come */
+/* Under steady writes a PASSIVE checkpoint never finds the WAL wholly copied
+ * (more frames come in while it copies), so the next writer never starts
+ * the file over and it grows for as long as the load lasts (gigabytes in a
+ * long burst, and every new frame extends the file, which fdatasync must
+ * then record too). Past this many frames the checkpointer asks for a
+ * RESTART: writers wait the few milliseconds it needs to copy what the
+ * PASSIVE one left and for readers to move on, and the WAL begins again
+ * (QUEUE_CHECKPOINT_RESTART_PAGES, queue_internal.h). */
+#define QUEUE_WAL_SIZE_LIMIT "67108864" /* bytes: 64 MiB */
 
 /* Ordered migrations of module "queue"; entry i brings the schema to i + 1.
  * Never edit a released entry: append a new one. */
@@ -300,6 +309,9 @@ int queue_configure(sqlite3 *db, unsigned busy_timeout_ms)
     rc = queue_exec(db, "PRAGMA synchronous=FULL");
     if (rc == SQLITE_OK)
         rc = queue_exec(db, "PRAGMA foreign_keys=ON");
+    /* a WAL that a burst grew is cut back to this when it starts over */
+    if (rc == SQLITE_OK)
+        rc = queue_exec(db, "PRAGMA journal_size_limit=" QUEUE_WAL_SIZE_LIMIT);
     return rc;
 }
 
@@ -641,7 +653,8 @@ static void *queue_run_committer(void *arg)
 
 /* ---- public: the write side ------------------------------------------- */
 
-/* After every commit of the committer (its thread, inside COMMIT). */
+/* After every commit of the committer and of the stores handed to it
+ * (their threads, inside COMMIT). */
 static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 {
     (void)db;
@@ -654,6 +667,16 @@ static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pag
         pthread_mutex_unlock(&q->lock);
     }
     return SQLITE_OK;
+}
+
+int queue_checkpoint(sqlite3 *db)
+{
+    int log_pages = 0, done_pages = 0;
+    int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+                                       &done_pages);
+    if (rc == SQLITE_OK && log_pages >= QUEUE_CHECKPOINT_RESTART_PAGES)
+        rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    return rc;
 }
 
 /* PASSIVE checkpoints on a connection of its own: they never take the write
@@ -673,9 +696,7 @@ static void *queue_run_checkpointer(void *arg)
         }
         q->is_ckpt_wanted = false;
         pthread_mutex_unlock(&q->lock);
-        int log_pages = 0, done_pages = 0;
-        int rc = sqlite3_wal_checkpoint_v2(q->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
-                                           &done_pages);
+        int rc = queue_checkpoint(q->ckpt_db);
         if (rc != SQLITE_OK && queue_status_from_sqlite(rc) != QUEUE_ERR_BUSY)
             log_warn(NULL, "queue checkpoint failed rc=%d error=\"%s\"", rc,
                      sqlite3_errmsg(q->ckpt_db));
@@ -816,6 +837,12 @@ int queue_commit_submit(struct queue *q, struct queue_commit_req *req)
     pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->lock);
     return 0;
+}
+
+void queue_wal_hand_over(struct queue *q, sqlite3 *db)
+{
+    sqlite3_wal_autocheckpoint(db, 0);
+    sqlite3_wal_hook(db, queue_on_wal_commit, q);
 }
 
 void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg)

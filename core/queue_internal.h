@@ -25,6 +25,17 @@ int queue_configure(sqlite3 *db, unsigned busy_timeout_ms);
 /* Bring module "queue" to this build's schema version. */
 int queue_migrate(sqlite3 *db);
 
+/* One round of the checkpointer on db: PASSIVE, then RESTART when the WAL
+ * had QUEUE_CHECKPOINT_RESTART_PAGES frames or more, so that the next
+ * writer starts it over. An SQLite code. */
+#define QUEUE_CHECKPOINT_RESTART_PAGES 8000
+int queue_checkpoint(sqlite3 *db);
+
+/* db (another connection to q's database, in this process) stops
+ * checkpointing inside its own commits: it tells q's checkpointer thread
+ * how long the WAL has grown, as q's committer does. */
+void queue_wal_hand_over(struct queue *q, sqlite3 *db);
+
 /* The store's connection, for tests that look at its prepared statements
  * (sqlite3_next_stmt) and their query plans. */
 sqlite3 *queue_store_db(struct queue_store *s);

@@ -120,6 +120,11 @@ void queue_store_close(struct queue_store *s)
     free(s);
 }
 
+void queue_store_checkpoint_by(struct queue_store *s, struct queue *q)
+{
+    queue_wal_hand_over(q, s->db);
+}
+
 sqlite3 *queue_store_db(struct queue_store *s)
 {
     return s->db;

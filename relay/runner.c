@@ -214,6 +214,7 @@ struct runner_db_job {
 
 struct relay_runner {
     struct runner_settings set;
+    struct queue *queue; /* the daemon's: its checkpointer serves r->store too */
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wake_async;
@@ -538,6 +539,8 @@ static void runner_db_work(uv_work_t *w)
         j->status = queue_store_open(r->set.database, r->set.busy_ms, &r->store);
         if (j->status < 0)
             return;
+        if (r->queue != NULL)
+            queue_store_checkpoint_by(r->store, r->queue);
     }
     if (j->kind == RUNNER_DB_RECORD) {
         const struct queue_outcome *o[RUNNER_RECORD_BATCH];
@@ -1793,8 +1796,8 @@ static void runner_free_unstarted(struct relay_runner *r)
     free(r);
 }
 
-int relay_runner_start(const struct config *cfg, struct relay_runner **out, char *err,
-                       size_t err_size)
+int relay_runner_start(const struct config *cfg, struct queue *queue, struct relay_runner **out,
+                       char *err, size_t err_size)
 {
     *out = NULL;
     struct relay_runner *r = calloc(1, sizeof(*r));
@@ -1802,6 +1805,7 @@ int relay_runner_start(const struct config *cfg, struct relay_runner **out, char
         snprintf(err, err_size, "out of memory");
         return -1;
     }
+    r->queue = queue;
     if (runner_settings_load(&r->set, cfg, err, err_size) < 0) {
         runner_settings_free(&r->set);
         free(r);

@@ -12,14 +12,17 @@
 #include <stddef.h>
 
 #include "core/config.h"
+#include "core/queue.h"
 
 struct relay_runner;
 
 /* Start the runner with the [relay] settings of cfg (copied) on the
- * database at cfg->database. Returns 0, or -1 with a sentence in err (a bad
- * credentials file, a resolver that cannot start). */
-int relay_runner_start(const struct config *cfg, struct relay_runner **out, char *err,
-                       size_t err_size);
+ * database at cfg->database. queue (NULL: none) is that database's open
+ * queue, which must outlive the runner: its checkpointer thread then keeps
+ * the WAL short for the runner's writes as well. Returns 0, or -1 with a
+ * sentence in err (a bad credentials file, a resolver that cannot start). */
+int relay_runner_start(const struct config *cfg, struct queue *queue, struct relay_runner **out,
+                       char *err, size_t err_size);
 /* Look at the queue again now (a message was committed, an admin acted).
  * Thread-safe and cheap; wakes coalesce. */
 void relay_runner_wake(struct relay_runner *r);

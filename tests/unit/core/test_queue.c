@@ -1,8 +1,9 @@
 /* Unit tests for the durable queue (core/queue.c) against a real SQLite file
  * in a fresh temporary directory: round trips, concurrent submitters, group
  * commit, storage failures leaving nothing behind, close with pending work,
- * queue id uniqueness, and a child killed with SIGKILL mid-stream. Every wait
- * is on a condition (a condvar, a pipe), never on a sleep. */
+ * queue id uniqueness, a child killed with SIGKILL mid-stream, and the WAL
+ * starting over under steady writes. Every wait is on a condition (a
+ * condvar, a pipe, a counter), never on a sleep. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1217,6 +1219,94 @@ static void test_large_bodies(void **state)
     free(big);
 }
 
+/* ---- the WAL starts over under steady writes --------------------------- */
+
+struct wal_writer {
+    char path[96];
+    atomic_bool is_stopping;
+    atomic_uint commits;
+};
+
+/* Commits ~100 KiB transactions back to back until told to stop, as the
+ * committer and the runner do under load (durability off: only the WAL's
+ * length matters here). */
+static void *wal_writer_run(void *arg)
+{
+    struct wal_writer *w = arg;
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(w->path, &db), SQLITE_OK);
+    assert_int_equal(queue_configure(db, 60000), SQLITE_OK);
+    sqlite3_wal_autocheckpoint(db, 0);
+    assert_int_equal(queue_exec(db, "PRAGMA synchronous=OFF"), SQLITE_OK);
+    while (!atomic_load(&w->is_stopping)) {
+        assert_int_equal(queue_exec(db, "BEGIN IMMEDIATE;"
+                                        "INSERT INTO filler(data) VALUES(randomblob(100000));"
+                                        "COMMIT"),
+                         SQLITE_OK);
+        atomic_fetch_add(&w->commits, 1);
+    }
+    sqlite3_close(db);
+    return NULL;
+}
+
+static int64_t wal_bytes(const struct fixture *f)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s-wal", f->path);
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+}
+
+static void wait_commits(struct wal_writer *w, unsigned n)
+{
+    time_t deadline = time(NULL) + WAIT_DEADLINE_S;
+    while (atomic_load(&w->commits) < n) {
+        assert_true(time(NULL) < deadline);
+        sched_yield();
+    }
+}
+
+/* A PASSIVE checkpoint alone never finds the WAL wholly copied while a
+ * writer keeps committing, so the WAL would grow for as long as the writes
+ * last. One checkpointer round past QUEUE_CHECKPOINT_RESTART_PAGES makes
+ * the writer's next transaction start the WAL over, and cut the file back
+ * to the size limit. */
+static void test_wal_starts_over(void **state)
+{
+    struct fixture *f = *state;
+    struct queue *q = open_queue(f, 5000); /* the schema and WAL mode */
+    queue_close(q);
+    sqlite3 *ckpt = NULL;
+    assert_int_equal(sqlite3_open(f->path, &ckpt), SQLITE_OK);
+    assert_int_equal(queue_configure(ckpt, 60000), SQLITE_OK);
+    assert_int_equal(queue_exec(ckpt, "CREATE TABLE filler(data BLOB)"), SQLITE_OK);
+
+    struct wal_writer w = {.commits = 0};
+    snprintf(w.path, sizeof(w.path), "%s", f->path);
+    atomic_init(&w.is_stopping, false);
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, wal_writer_run, &w), 0);
+    /* well past both the restart point and the 64 MiB limit */
+    int64_t limit = 64 << 20;
+    time_t deadline = time(NULL) + WAIT_DEADLINE_S;
+    while (wal_bytes(f) < limit + (16 << 20)) {
+        assert_true(time(NULL) < deadline);
+        sched_yield();
+    }
+    assert_int_equal(queue_checkpoint(ckpt), SQLITE_OK);
+    wait_commits(&w, atomic_load(&w.commits) + 2);
+    atomic_store(&w.is_stopping, true);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+
+    int log_frames = -1, copied = -1;
+    assert_int_equal(sqlite3_wal_checkpoint_v2(ckpt, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                               &log_frames, &copied),
+                     SQLITE_OK);
+    assert_in_range(log_frames, 1, QUEUE_CHECKPOINT_RESTART_PAGES - 1);
+    assert_true(wal_bytes(f) <= limit);
+    sqlite3_close(ckpt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1234,6 +1324,7 @@ int main(void)
         cmocka_unit_test(test_ids_unique),
         cmocka_unit_test_setup_teardown(test_crash_consistency, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_large_bodies, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_wal_starts_over, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
