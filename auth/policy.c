@@ -57,25 +57,25 @@ static void policy_text(char *out, size_t size, sqlite3_stmt *st, int col)
     snprintf(out, size, "%s", t != NULL ? (const char *)t : "");
 }
 
-int policy_load(sqlite3 *db, const char *user, struct account_policy *out)
+int policy_load(struct sql_cache *sql, const char *user, struct account_policy *out)
 {
     memset(out, 0, sizeof(*out));
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(db,
-                                "SELECT id, enabled, senders, check_header_from, networks, owner,"
-                                " max_size, max_rcpts, msgs_per_hour, msgs_per_day, rcpts_per_day,"
-                                " bytes_per_day FROM accounts WHERE name = ?",
-                                -1, &st, NULL);
+    int rc = sql_cache_prepare(sql,
+                               "SELECT id, enabled, senders, check_header_from, networks, owner,"
+                               " max_size, max_rcpts, msgs_per_hour, msgs_per_day, rcpts_per_day,"
+                               " bytes_per_day FROM accounts WHERE name = ?",
+                               &st);
     if (rc != SQLITE_OK)
         return -EIO;
     sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        sqlite3_finalize(st);
+        sql_cache_done(sql, st);
         return 1;
     }
     if (rc != SQLITE_ROW) {
-        sqlite3_finalize(st);
+        sql_cache_done(sql, st);
         return (rc & 0xff) == SQLITE_BUSY ? -EBUSY : -EIO;
     }
     out->account_id = sqlite3_column_int64(st, 0);
@@ -90,7 +90,7 @@ int policy_load(sqlite3 *db, const char *user, struct account_policy *out)
     out->msgs_per_day = sqlite3_column_int64(st, 9);
     out->rcpts_per_day = sqlite3_column_int64(st, 10);
     out->bytes_per_day = sqlite3_column_int64(st, 11);
-    sqlite3_finalize(st);
+    sql_cache_done(sql, st);
     return 0;
 }
 
@@ -281,16 +281,16 @@ struct policy_usage {
     uint64_t msgs, rcpts, bytes;
 };
 
-static int policy_read_usage(sqlite3 *db, int64_t id, const char *period, int64_t start,
+static int policy_read_usage(struct sql_cache *sql, int64_t id, const char *period, int64_t start,
                              struct policy_usage *u)
 {
     memset(u, 0, sizeof(*u));
     u->start = start;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT period_start, msgs, rcpts, bytes FROM usage"
-                           " WHERE account_id = ? AND period = ?",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sql_cache_prepare(sql,
+                          "SELECT period_start, msgs, rcpts, bytes FROM usage"
+                          " WHERE account_id = ? AND period = ?",
+                          &st) != SQLITE_OK)
         return -EIO;
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_text(st, 2, period, -1, SQLITE_STATIC);
@@ -300,20 +300,20 @@ static int policy_read_usage(sqlite3 *db, int64_t id, const char *period, int64_
         u->rcpts = (uint64_t)sqlite3_column_int64(st, 2);
         u->bytes = (uint64_t)sqlite3_column_int64(st, 3);
     }
-    sqlite3_finalize(st);
+    sql_cache_done(sql, st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-static int policy_write_usage(sqlite3 *db, int64_t id, const char *period,
+static int policy_write_usage(struct sql_cache *sql, int64_t id, const char *period,
                               const struct policy_usage *u)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO usage(account_id, period, period_start, msgs, rcpts, bytes)"
-                           " VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(account_id, period) DO UPDATE"
-                           " SET period_start = excluded.period_start, msgs = excluded.msgs,"
-                           " rcpts = excluded.rcpts, bytes = excluded.bytes",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sql_cache_prepare(sql,
+                          "INSERT INTO usage(account_id, period, period_start, msgs, rcpts, bytes)"
+                          " VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(account_id, period) DO UPDATE"
+                          " SET period_start = excluded.period_start, msgs = excluded.msgs,"
+                          " rcpts = excluded.rcpts, bytes = excluded.bytes",
+                          &st) != SQLITE_OK)
         return -EIO;
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_text(st, 2, period, -1, SQLITE_STATIC);
@@ -322,7 +322,7 @@ static int policy_write_usage(sqlite3 *db, int64_t id, const char *period,
     sqlite3_bind_int64(st, 5, (sqlite3_int64)u->rcpts);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)u->bytes);
     int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
+    sql_cache_done(sql, st);
     return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
@@ -334,12 +334,12 @@ static void policy_reset_time(int64_t at, char *out, size_t size)
     strftime(out, size, "%H:%M UTC", &tm);
 }
 
-int policy_charge(sqlite3 *db, const char *user, const struct policy_defaults *d, int64_t now,
-                  const char *sender, const char *header_from, size_t rcpts, uint64_t bytes,
-                  struct policy_verdict *v)
+int policy_charge(struct sql_cache *sql, const char *user, const struct policy_defaults *d,
+                  int64_t now, const char *sender, const char *header_from, size_t rcpts,
+                  uint64_t bytes, struct policy_verdict *v)
 {
     struct account_policy p;
-    int rc = policy_load(db, user, &p);
+    int rc = policy_load(sql, user, &p);
     if (rc < 0)
         return rc;
     if (rc == 1 || !p.is_enabled) {
@@ -370,8 +370,8 @@ int policy_charge(sqlite3 *db, const char *user, const struct policy_defaults *d
     }
     int64_t hour = now - now % 3600, day = now - now % 86400;
     struct policy_usage uh, ud;
-    if (policy_read_usage(db, p.account_id, "hour", hour, &uh) < 0 ||
-        policy_read_usage(db, p.account_id, "day", day, &ud) < 0)
+    if (policy_read_usage(sql, p.account_id, "hour", hour, &uh) < 0 ||
+        policy_read_usage(sql, p.account_id, "day", day, &ud) < 0)
         return -EIO;
     uint64_t lim;
     char reset[32];
@@ -408,8 +408,8 @@ int policy_charge(sqlite3 *db, const char *user, const struct policy_defaults *d
     ud.msgs++;
     ud.rcpts += rcpts;
     ud.bytes += bytes;
-    if (policy_write_usage(db, p.account_id, "hour", &uh) < 0 ||
-        policy_write_usage(db, p.account_id, "day", &ud) < 0)
+    if (policy_write_usage(sql, p.account_id, "hour", &uh) < 0 ||
+        policy_write_usage(sql, p.account_id, "day", &ud) < 0)
         return -EIO;
     return 0;
 }

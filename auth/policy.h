@@ -17,6 +17,8 @@
 
 #include <sqlite3.h>
 
+#include "core/sql_cache.h"
+
 #define POLICY_LIST_MAX 1024
 #define POLICY_UNSET (-1)   /* no per-account value: the global default applies */
 
@@ -52,7 +54,7 @@ uint64_t policy_effective(const struct account_policy *p, const struct policy_de
 
 /* Load the policy of user. Returns 0, 1 when there is no such user, or a
  * negative SQLite-derived error. */
-int policy_load(sqlite3 *db, const char *user, struct account_policy *out);
+int policy_load(struct sql_cache *sql, const char *user, struct account_policy *out);
 
 /* Pure checks. An empty list allows everything. Matching is case-insensitive. */
 bool policy_sender_allowed(const char *list, const char *sender);
@@ -72,12 +74,13 @@ struct policy_verdict {
     char text[256];         /* the sentence, naming the quota and when it resets */
 };
 
-/* Inside an open write transaction on db: re-check the account (enabled,
- * sender, header From when the account checks it (header_from NULL: none
- * found), size, recipients) with fresh data, then check and count the quotas. Returns 0 (counted), 1 (refused: v filled), or negative (storage
- * error). */
-int policy_charge(sqlite3 *db, const char *user, const struct policy_defaults *d, int64_t now,
-                  const char *sender, const char *header_from, size_t rcpts, uint64_t bytes,
-                  struct policy_verdict *v);
+/* Inside an open write transaction on sql's connection: re-check the
+ * account (enabled, sender, header From when the account checks it
+ * (header_from NULL: none found), size, recipients) with fresh data, then
+ * check and count the quotas. Returns 0 (counted), 1 (refused: v filled),
+ * or negative (storage error). */
+int policy_charge(struct sql_cache *sql, const char *user, const struct policy_defaults *d,
+                  int64_t now, const char *sender, const char *header_from, size_t rcpts,
+                  uint64_t bytes, struct policy_verdict *v);
 
 #endif

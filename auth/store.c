@@ -64,6 +64,7 @@ static const char *const store_migrations[] = {
 struct store {
     sqlite3 *db;
     sqlite3_stmt *st_verify; /* the AUTH hot path keeps its statement prepared */
+    struct sql_cache sql;    /* and its policy load */
     char errmsg[256];
 };
 
@@ -312,6 +313,7 @@ int store_open_err(const char *path, unsigned busy_timeout_ms, struct store **ou
     int rc = sqlite3_open_v2(path, &st->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                              NULL);
+    sql_cache_init(&st->sql, st->db);
     int status;
     if (rc != SQLITE_OK) {
         if (st->db != NULL)
@@ -352,6 +354,7 @@ void store_close(struct store *st)
     if (st == NULL)
         return;
     sqlite3_finalize(st->st_verify);
+    sql_cache_clear(&st->sql);
     sqlite3_close_v2(st->db);
     free(st);
 }
@@ -609,7 +612,7 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
 
 int store_policy_load(struct store *st, const char *name, struct account_policy *out)
 {
-    int rc = policy_load(st->db, name, out);
+    int rc = policy_load(&st->sql, name, out);
     return rc == 0 ? STORE_OK : rc == 1 ? STORE_NOT_FOUND : STORE_ERROR;
 }
 

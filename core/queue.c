@@ -23,6 +23,7 @@
 
 #include "core/log.h"
 #include "core/queue_internal.h"
+#include "core/sql_cache.h"
 
 /* A bound on one transaction: more waiting requests stay for the next round
  * (one more fsync) instead of growing a single transaction without limit. */
@@ -110,6 +111,7 @@ static const char *const queue_migrations[] = {
 struct queue {
     sqlite3 *db; /* used only by the committer thread once queue_open returns */
     sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_message, *st_body, *st_recipient;
+    struct sql_cache sql; /* q->db's other statements: the quota charge, its savepoint */
     pthread_t thread;
     sqlite3 *ckpt_db;  /* the checkpointer thread's own connection */
     pthread_t ckpt_thread;
@@ -346,6 +348,7 @@ static void queue_free_db(struct queue *q)
     sqlite3_finalize(q->st_message);
     sqlite3_finalize(q->st_body);
     sqlite3_finalize(q->st_recipient);
+    sql_cache_clear(&q->sql);
     sqlite3_close(q->ckpt_db); /* NULL-safe; the last connection to close checkpoints */
     sqlite3_close(q->db);
     if (q->spool_fd >= 0)
@@ -467,18 +470,18 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
         if (has_policy && req->auth_user != NULL && req->auth_user[0] != '\0') {
             /* check and count in this transaction: atomic with the insert */
             step = "policy";
-            rc = queue_exec(q->db, "SAVEPOINT charge");
+            rc = sql_cache_exec(&q->sql, "SAVEPOINT charge");
             char from[320];
             bool has_from = policy_header_from(req->body, req->body_len, from, sizeof(from));
             int verdict = rc == SQLITE_OK
-                              ? policy_charge(q->db, req->auth_user, &policy, now, req->sender,
+                              ? policy_charge(&q->sql, req->auth_user, &policy, now, req->sender,
                                               has_from ? from : NULL, req->recipient_count,
                                               (uint64_t)req->header_len + req->body_len,
                                               &req->verdict)
                               : -1;
             if (verdict != 0) {
-                queue_exec(q->db, "ROLLBACK TO charge");
-                queue_exec(q->db, "RELEASE charge");
+                sql_cache_exec(&q->sql, "ROLLBACK TO charge");
+                sql_cache_exec(&q->sql, "RELEASE charge");
                 if (verdict < 0) {
                     rc = rc != SQLITE_OK ? rc : SQLITE_IOERR;
                     qid = req->qid;
@@ -487,7 +490,7 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
                 q->refused[i] = true;
                 continue;
             }
-            rc = queue_exec(q->db, "RELEASE charge");
+            rc = sql_cache_exec(&q->sql, "RELEASE charge");
             if (rc != SQLITE_OK)
                 break;
         }
@@ -738,6 +741,7 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
     atomic_init(&q->batches, 0);
     q->spool_fd = -1;
     int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    sql_cache_init(&q->sql, q->db);
     if (rc == SQLITE_OK)
         rc = queue_configure(q->db, busy_timeout_ms);
     if (rc == SQLITE_OK)

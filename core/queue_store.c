@@ -18,14 +18,13 @@
 #include "core/log.h"
 #include "core/queue.h"
 #include "core/queue_internal.h"
+#include "core/sql_cache.h"
 
 /* A recipient still waiting for delivery. */
 #define QUEUE_PENDING "r.state IN ('queued', 'deferred')"
 
 /* A file younger than this is left by the sweep: its COMMIT may be coming. */
 #define QUEUE_SPOOL_SWEEP_AGE_S 600
-
-#define QUEUE_STORE_STMTS 32
 
 struct queue_store {
     sqlite3 *db;
@@ -34,53 +33,17 @@ struct queue_store {
      * commits, forgotten if it rolls back */
     char (*doomed)[QUEUE_ID_SIZE];
     size_t doomed_count, doomed_cap;
-    /* prepared statements kept for the next call with the same SQL (the
-     * runner runs the same few per message: parsing them was ~3% of CPU) */
-    struct queue_store_stmt {
-        char *sql;
-        sqlite3_stmt *st;
-        bool is_in_use;
-    } stmts[QUEUE_STORE_STMTS];
-    size_t stmt_count;
+    struct sql_cache sql; /* the runner runs the same few statements per message */
 };
 
-/* sqlite3_prepare_v2 through the cache: the statement of an earlier call
- * with the same SQL when it is free (a nested use prepares its own). */
 static int store_prepare(struct queue_store *s, const char *sql, sqlite3_stmt **st)
 {
-    *st = NULL;
-    for (size_t i = 0; i < s->stmt_count; i++) {
-        struct queue_store_stmt *c = &s->stmts[i];
-        if (!c->is_in_use && strcmp(c->sql, sql) == 0) {
-            c->is_in_use = true;
-            *st = c->st;
-            return SQLITE_OK;
-        }
-    }
-    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
-    if (rc != SQLITE_OK || *st == NULL || s->stmt_count == QUEUE_STORE_STMTS)
-        return rc;
-    char *copy = strdup(sql);
-    if (copy != NULL)
-        s->stmts[s->stmt_count++] = (struct queue_store_stmt){copy, *st, true};
-    return rc;
+    return sql_cache_prepare(&s->sql, sql, st);
 }
 
-/* sqlite3_finalize through the cache: a cached statement is reset and its
- * bindings cleared for the next call. */
 static void store_done(struct queue_store *s, sqlite3_stmt *st)
 {
-    if (st == NULL)
-        return;
-    for (size_t i = 0; i < s->stmt_count; i++) {
-        if (s->stmts[i].st == st) {
-            sqlite3_reset(st);
-            sqlite3_clear_bindings(st);
-            s->stmts[i].is_in_use = false;
-            return;
-        }
-    }
-    sqlite3_finalize(st); /* prepared past the cache: a nested use, or the cache was full */
+    sql_cache_done(&s->sql, st);
 }
 
 int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out)
@@ -103,6 +66,7 @@ int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_st
         free(s);
         return queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY ? QUEUE_ERR_BUSY : QUEUE_ERR_STORAGE;
     }
+    sql_cache_init(&s->sql, s->db);
     *out = s;
     return 0;
 }
@@ -111,10 +75,7 @@ void queue_store_close(struct queue_store *s)
 {
     if (s == NULL)
         return;
-    for (size_t i = 0; i < s->stmt_count; i++) {
-        sqlite3_finalize(s->stmts[i].st);
-        free(s->stmts[i].sql);
-    }
+    sql_cache_clear(&s->sql);
     sqlite3_close(s->db);
     free(s->doomed);
     free(s);

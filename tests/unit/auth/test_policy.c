@@ -130,21 +130,26 @@ static void test_migration_from_v1(void **state)
     assert_string_equal(a.description, "3rd floor Ricoh MP C3004");
     store_close(st);
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    struct sql_cache sql;
+    sql_cache_init(&sql, db);
     struct account_policy p;
-    assert_int_equal(policy_load(db, "ricoh", &p), 0);
+    assert_int_equal(policy_load(&sql, "ricoh", &p), 0);
     assert_true(p.is_enabled);
     assert_string_equal(p.senders, "");
     assert_int_equal(p.msgs_per_hour, POLICY_UNSET);
-    assert_int_equal(policy_load(db, "nobody", &p), 1);
+    assert_int_equal(policy_load(&sql, "nobody", &p), 1);
+    sql_cache_clear(&sql);
     sqlite3_close(db);
 }
 
-static int charge(sqlite3 *db, const struct policy_defaults *d, int64_t now, size_t rcpts,
-                  uint64_t bytes, struct policy_verdict *v)
+/* Through one statement cache for the whole test, as the committer does:
+ * each charge must still see the account as the last UPDATE left it. */
+static int charge(struct sql_cache *sql, const struct policy_defaults *d, int64_t now,
+                  size_t rcpts, uint64_t bytes, struct policy_verdict *v)
 {
-    exec_sql(db, "BEGIN IMMEDIATE");
-    int rc = policy_charge(db, "ricoh", d, now, "scan@example.test", NULL, rcpts, bytes, v);
-    exec_sql(db, rc == 0 ? "COMMIT" : "ROLLBACK");
+    exec_sql(sql->db, "BEGIN IMMEDIATE");
+    int rc = policy_charge(sql, "ricoh", d, now, "scan@example.test", NULL, rcpts, bytes, v);
+    exec_sql(sql->db, rc == 0 ? "COMMIT" : "ROLLBACK");
     return rc;
 }
 
@@ -157,38 +162,41 @@ static void test_quotas(void **state)
     store_close(st);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    struct sql_cache sql;
+    sql_cache_init(&sql, db);
     struct policy_defaults d = {.max_size = 1000, .max_rcpts = 5, .msgs_per_hour = 2,
                                 .msgs_per_day = 0, .rcpts_per_day = 6, .bytes_per_day = 0};
     struct policy_verdict v;
     int64_t t0 = 1700000000 - 1700000000 % 86400 + 3600; /* 01:00 UTC */
-    assert_int_equal(charge(db, &d, t0, 1, 100, &v), 0);
-    assert_int_equal(charge(db, &d, t0 + 10, 1, 100, &v), 0);
-    assert_int_equal(charge(db, &d, t0 + 20, 1, 100, &v), 1); /* hourly: 2 */
+    assert_int_equal(charge(&sql, &d, t0, 1, 100, &v), 0);
+    assert_int_equal(charge(&sql, &d, t0 + 10, 1, 100, &v), 0);
+    assert_int_equal(charge(&sql, &d, t0 + 20, 1, 100, &v), 1); /* hourly: 2 */
     assert_int_equal(v.code, 452);
     assert_string_equal(v.enhanced, "4.2.2");
     assert_non_null(strstr(v.text, "Hourly message quota"));
     assert_non_null(strstr(v.text, "02:00 UTC"));
     /* the next hour: allowed again, counters only for accepted messages */
-    assert_int_equal(charge(db, &d, t0 + 3600, 3, 100, &v), 0);
-    assert_int_equal(charge(db, &d, t0 + 3601, 2, 100, &v), 1); /* recipients/day: 6 */
+    assert_int_equal(charge(&sql, &d, t0 + 3600, 3, 100, &v), 0);
+    assert_int_equal(charge(&sql, &d, t0 + 3601, 2, 100, &v), 1); /* recipients/day: 6 */
     assert_non_null(strstr(v.text, "Daily recipient quota"));
-    assert_int_equal(charge(db, &d, t0 + 3602, 1, 2000, &v), 1); /* size */
+    assert_int_equal(charge(&sql, &d, t0 + 3602, 1, 2000, &v), 1); /* size */
     assert_int_equal(v.code, 552);
-    assert_int_equal(charge(db, &d, t0 + 3603, 6, 10, &v), 1); /* max recipients */
+    assert_int_equal(charge(&sql, &d, t0 + 3603, 6, 10, &v), 1); /* max recipients */
     assert_string_equal(v.enhanced, "4.5.3");
     /* a per-account value overrides the default; the next day resets */
     exec_sql(db, "UPDATE accounts SET rcpts_per_day = 0, senders = '@example.test',"
                  " check_header_from = 1");
-    assert_int_equal(charge(db, &d, t0 + 3604, 1, 10, &v), 1); /* header From required */
+    assert_int_equal(charge(&sql, &d, t0 + 3604, 1, 10, &v), 1); /* header From required */
     assert_int_equal(v.code, 553);
     exec_sql(db, "UPDATE accounts SET check_header_from = 0");
-    assert_int_equal(charge(db, &d, t0 + 3605, 1, 10, &v), 0);
+    assert_int_equal(charge(&sql, &d, t0 + 3605, 1, 10, &v), 0);
     exec_sql(db, "UPDATE accounts SET senders = 'other@example.test'");
-    assert_int_equal(charge(db, &d, t0 + 3606, 1, 10, &v), 1);
+    assert_int_equal(charge(&sql, &d, t0 + 3606, 1, 10, &v), 1);
     assert_string_equal(v.enhanced, "5.7.1");
     exec_sql(db, "UPDATE accounts SET senders = '', enabled = 0");
-    assert_int_equal(charge(db, &d, t0 + 3607, 1, 10, &v), 1);
+    assert_int_equal(charge(&sql, &d, t0 + 3607, 1, 10, &v), 1);
     assert_int_equal(v.code, 535);
+    sql_cache_clear(&sql);
     sqlite3_close(db);
 }
 
