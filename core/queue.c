@@ -672,21 +672,36 @@ static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pag
     return SQLITE_OK;
 }
 
-int queue_checkpoint(sqlite3 *db)
+int queue_checkpoint(sqlite3 *db, int *restart_at)
 {
     int log_pages = 0, done_pages = 0;
     int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
                                        &done_pages);
-    if (rc == SQLITE_OK && log_pages >= QUEUE_CHECKPOINT_RESTART_PAGES)
-        rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (log_pages < QUEUE_CHECKPOINT_RESTART_PAGES) {
+        *restart_at = QUEUE_CHECKPOINT_RESTART_PAGES; /* it started over */
+        return SQLITE_OK;
+    }
+    if (log_pages < *restart_at)
+        return SQLITE_OK;
+    rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    /* a reader kept it from finishing: not again before the WAL has grown
+     * as much once more, or a long `queue list` would hold writers back at
+     * every round */
+    *restart_at = rc == SQLITE_OK ? QUEUE_CHECKPOINT_RESTART_PAGES
+                                  : log_pages + QUEUE_CHECKPOINT_RESTART_PAGES;
     return rc;
 }
 
 /* PASSIVE checkpoints on a connection of its own: they never take the write
- * lock, so commits go on while the WAL is copied. */
+ * lock, so commits go on while the WAL is copied; past
+ * QUEUE_CHECKPOINT_RESTART_PAGES a RESTART, which holds writers back for
+ * what the PASSIVE one left and at most QUEUE_CHECKPOINT_BUSY_MS more. */
 static void *queue_run_checkpointer(void *arg)
 {
     struct queue *q = arg;
+    int restart_at = QUEUE_CHECKPOINT_RESTART_PAGES;
     pthread_mutex_lock(&q->lock);
     while (!q->is_closing) {
         if (!q->is_ckpt_wanted) {
@@ -699,7 +714,7 @@ static void *queue_run_checkpointer(void *arg)
         }
         q->is_ckpt_wanted = false;
         pthread_mutex_unlock(&q->lock);
-        int rc = queue_checkpoint(q->ckpt_db);
+        int rc = queue_checkpoint(q->ckpt_db, &restart_at);
         if (rc != SQLITE_OK && queue_status_from_sqlite(rc) != QUEUE_ERR_BUSY)
             log_warn(NULL, "queue checkpoint failed rc=%d error=\"%s\"", rc,
                      sqlite3_errmsg(q->ckpt_db));
@@ -753,7 +768,7 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
         sqlite3_wal_hook(q->db, queue_on_wal_commit, q);
         rc = sqlite3_open_v2(path, &q->ckpt_db, SQLITE_OPEN_READWRITE, NULL);
         if (rc == SQLITE_OK)
-            rc = queue_configure(q->ckpt_db, busy_timeout_ms);
+            rc = queue_configure(q->ckpt_db, QUEUE_CHECKPOINT_BUSY_MS);
     }
     if (rc == SQLITE_OK)
         rc = queue_open_spool(q, path);

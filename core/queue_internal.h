@@ -25,11 +25,15 @@ int queue_configure(sqlite3 *db, unsigned busy_timeout_ms);
 /* Bring module "queue" to this build's schema version. */
 int queue_migrate(sqlite3 *db);
 
-/* One round of the checkpointer on db: PASSIVE, then RESTART when the WAL
- * had QUEUE_CHECKPOINT_RESTART_PAGES frames or more, so that the next
- * writer starts it over. An SQLite code. */
+/* One round of the checkpointer on db: PASSIVE, then RESTART once the WAL
+ * has *restart_at frames or more, so that the next writer starts it over
+ * (*restart_at begins at QUEUE_CHECKPOINT_RESTART_PAGES). A RESTART holds
+ * the write lock while it waits for readers, so db's busy timeout is short
+ * (QUEUE_CHECKPOINT_BUSY_MS); one that readers kept from finishing returns
+ * SQLITE_BUSY and moves *restart_at a RESTART_PAGES further. An SQLite code. */
 #define QUEUE_CHECKPOINT_RESTART_PAGES 8000
-int queue_checkpoint(sqlite3 *db);
+#define QUEUE_CHECKPOINT_BUSY_MS 20
+int queue_checkpoint(sqlite3 *db, int *restart_at);
 
 /* db (another connection to q's database, in this process) stops
  * checkpointing inside its own commits: it tells q's checkpointer thread

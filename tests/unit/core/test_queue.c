@@ -1293,7 +1293,9 @@ static void test_wal_starts_over(void **state)
         assert_true(time(NULL) < deadline);
         sched_yield();
     }
-    assert_int_equal(queue_checkpoint(ckpt), SQLITE_OK);
+    int restart_at = QUEUE_CHECKPOINT_RESTART_PAGES;
+    assert_int_equal(queue_checkpoint(ckpt, &restart_at), SQLITE_OK);
+    assert_int_equal(restart_at, QUEUE_CHECKPOINT_RESTART_PAGES);
     wait_commits(&w, atomic_load(&w.commits) + 2);
     atomic_store(&w.is_stopping, true);
     assert_int_equal(pthread_join(thread, NULL), 0);
@@ -1305,6 +1307,64 @@ static void test_wal_starts_over(void **state)
     assert_in_range(log_frames, 1, QUEUE_CHECKPOINT_RESTART_PAGES - 1);
     assert_true(wal_bytes(f) <= limit);
     sqlite3_close(ckpt);
+}
+
+/* A reader that holds an old snapshot (a long `smarthostctl queue list`)
+ * keeps a RESTART from finishing: the round gives up within the short busy
+ * timeout, leaves the write lock free at once, and does not try again
+ * before the WAL has grown as much once more. */
+static void test_wal_restart_gives_way(void **state)
+{
+    struct fixture *f = *state;
+    struct queue *q = open_queue(f, 5000);
+    queue_close(q);
+    sqlite3 *writer = NULL, *reader = NULL, *ckpt = NULL;
+    assert_int_equal(sqlite3_open(f->path, &writer), SQLITE_OK);
+    assert_int_equal(queue_configure(writer, 5000), SQLITE_OK);
+    sqlite3_wal_autocheckpoint(writer, 0);
+    assert_int_equal(queue_exec(writer, "PRAGMA synchronous=OFF;"
+                                        "CREATE TABLE filler(data BLOB)"),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_open(f->path, &reader), SQLITE_OK);
+    assert_int_equal(queue_exec(reader, "BEGIN"), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(reader, "SELECT COUNT(*) FROM filler", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW); /* the snapshot is taken */
+    sqlite3_finalize(st);
+    while (wal_bytes(f) < (int64_t)(QUEUE_CHECKPOINT_RESTART_PAGES + 100) * 4096)
+        assert_int_equal(queue_exec(writer, "INSERT INTO filler VALUES(randomblob(100000))"),
+                         SQLITE_OK);
+
+    assert_int_equal(sqlite3_open(f->path, &ckpt), SQLITE_OK);
+    assert_int_equal(queue_configure(ckpt, QUEUE_CHECKPOINT_BUSY_MS), SQLITE_OK);
+    int restart_at = QUEUE_CHECKPOINT_RESTART_PAGES;
+    assert_int_equal(queue_checkpoint(ckpt, &restart_at) & 0xff, SQLITE_BUSY);
+    assert_true(restart_at > 2 * QUEUE_CHECKPOINT_RESTART_PAGES);
+    /* the lock is free: a writer that does not wait at all gets it */
+    sqlite3_busy_handler(writer, NULL, NULL);
+    assert_int_equal(queue_exec(writer, "INSERT INTO filler VALUES(x'00')"), SQLITE_OK);
+    /* no growth since: a PASSIVE round only, which does not wait */
+    int at = restart_at;
+    assert_int_equal(queue_checkpoint(ckpt, &restart_at), SQLITE_OK);
+    assert_int_equal(restart_at, at);
+
+    /* the reader done, the next RESTART finishes and the WAL starts over */
+    assert_int_equal(queue_exec(reader, "COMMIT"), SQLITE_OK);
+    while (wal_bytes(f) < (int64_t)restart_at * 4096 + (1 << 20))
+        assert_int_equal(queue_exec(writer, "INSERT INTO filler VALUES(randomblob(100000))"),
+                         SQLITE_OK);
+    assert_int_equal(queue_checkpoint(ckpt, &restart_at), SQLITE_OK);
+    assert_int_equal(restart_at, QUEUE_CHECKPOINT_RESTART_PAGES);
+    assert_int_equal(queue_exec(writer, "INSERT INTO filler VALUES(x'00')"), SQLITE_OK);
+    int log_frames = -1, copied = -1;
+    assert_int_equal(sqlite3_wal_checkpoint_v2(ckpt, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                               &log_frames, &copied),
+                     SQLITE_OK);
+    assert_in_range(log_frames, 1, 10);
+    sqlite3_close(ckpt);
+    sqlite3_close(reader);
+    sqlite3_close(writer);
 }
 
 int main(void)
@@ -1325,6 +1385,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crash_consistency, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_large_bodies, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_wal_starts_over, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_wal_restart_gives_way, fixture_setup,
+                                        fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
