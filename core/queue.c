@@ -112,6 +112,11 @@ struct queue {
     sqlite3 *db; /* used only by the committer thread once queue_open returns */
     sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_message, *st_body, *st_recipient;
     struct sql_cache sql; /* q->db's other statements: the quota charge, its savepoint */
+    /* Held around every write transaction of this process on the database
+     * (the committer's, the shared stores', the checkpointer's RESTART): a
+     * writer waiting for another here is woken when it is done, where
+     * SQLite's busy handler can only poll. */
+    pthread_mutex_t write_lock;
     pthread_t thread;
     sqlite3 *ckpt_db;  /* the checkpointer thread's own connection */
     pthread_t ckpt_thread;
@@ -349,6 +354,7 @@ static void queue_free_db(struct queue *q)
     sqlite3_finalize(q->st_body);
     sqlite3_finalize(q->st_recipient);
     sql_cache_clear(&q->sql);
+    pthread_mutex_destroy(&q->write_lock);
     sqlite3_close(q->ckpt_db); /* NULL-safe; the last connection to close checkpoints */
     sqlite3_close(q->db);
     if (q->spool_fd >= 0)
@@ -583,7 +589,9 @@ static int queue_req_status(const struct queue *q, size_t i, int rc)
 static void queue_write_batch(struct queue *q, size_t n)
 {
     queue_spool_batch(q, n);
+    pthread_mutex_lock(&q->write_lock);
     int rc = queue_write_transaction(q, 0, n);
+    pthread_mutex_unlock(&q->write_lock);
     if (rc == SQLITE_OK || n == 1 || queue_rc_is_busy(rc)) {
         for (size_t i = 0; i < n; i++)
             q->status[i] = queue_req_status(q, i, rc);
@@ -594,7 +602,9 @@ static void queue_write_batch(struct queue *q, size_t n)
                 q->status[i] = QUEUE_ERR_BUSY;
                 continue;
             }
+            pthread_mutex_lock(&q->write_lock);
             rc = queue_write_transaction(q, i, 1);
+            pthread_mutex_unlock(&q->write_lock);
             q->status[i] = queue_req_status(q, i, rc);
             is_busy = queue_rc_is_busy(rc);
         }
@@ -672,7 +682,7 @@ static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pag
     return SQLITE_OK;
 }
 
-int queue_checkpoint(sqlite3 *db, int *restart_at)
+int queue_checkpoint(sqlite3 *db, pthread_mutex_t *write_lock, int *restart_at)
 {
     int log_pages = 0, done_pages = 0;
     int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
@@ -685,7 +695,11 @@ int queue_checkpoint(sqlite3 *db, int *restart_at)
     }
     if (log_pages < *restart_at)
         return SQLITE_OK;
+    if (write_lock != NULL)
+        pthread_mutex_lock(write_lock);
     rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    if (write_lock != NULL)
+        pthread_mutex_unlock(write_lock);
     /* a reader kept it from finishing: not again before the WAL has grown
      * as much once more, or a long `queue list` would hold writers back at
      * every round */
@@ -714,7 +728,7 @@ static void *queue_run_checkpointer(void *arg)
         }
         q->is_ckpt_wanted = false;
         pthread_mutex_unlock(&q->lock);
-        int rc = queue_checkpoint(q->ckpt_db, &restart_at);
+        int rc = queue_checkpoint(q->ckpt_db, &q->write_lock, &restart_at);
         if (rc != SQLITE_OK && queue_status_from_sqlite(rc) != QUEUE_ERR_BUSY)
             log_warn(NULL, "queue checkpoint failed rc=%d error=\"%s\"", rc,
                      sqlite3_errmsg(q->ckpt_db));
@@ -755,6 +769,7 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
         return -ENOMEM;
     atomic_init(&q->batches, 0);
     q->spool_fd = -1;
+    pthread_mutex_init(&q->write_lock, NULL); /* default attributes: cannot fail */
     int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     sql_cache_init(&q->sql, q->db);
     if (rc == SQLITE_OK)
@@ -858,10 +873,11 @@ int queue_commit_submit(struct queue *q, struct queue_commit_req *req)
     return 0;
 }
 
-void queue_wal_hand_over(struct queue *q, sqlite3 *db)
+pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db)
 {
     sqlite3_wal_autocheckpoint(db, 0);
     sqlite3_wal_hook(db, queue_on_wal_commit, q);
+    return &q->write_lock;
 }
 
 void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg)

@@ -149,9 +149,11 @@ int queue_reader_attempts(struct queue_reader *r, const char *qid,
 struct queue_store;
 int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_store **out);
 void queue_store_close(struct queue_store *s);
-/* Leave checkpoints to q's checkpointer thread (q is open in this process
- * and outlives s) instead of running them inside s's own commits. */
-void queue_store_checkpoint_by(struct queue_store *s, struct queue *q);
+/* s joins the writers of q (open in this process, outliving s): its write
+ * transactions and q's committer take turns on one in-process lock, which
+ * wakes the next at once where SQLite's busy handler would poll, and q's
+ * checkpointer thread checkpoints for s too (none inside s's commits). */
+void queue_store_share(struct queue_store *s, struct queue *q);
 
 struct queue_due_rcpt {
     int64_t id;

@@ -3,6 +3,7 @@
 #ifndef SMARTHOST_QUEUE_INTERNAL_H
 #define SMARTHOST_QUEUE_INTERNAL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,18 +28,21 @@ int queue_migrate(sqlite3 *db);
 
 /* One round of the checkpointer on db: PASSIVE, then RESTART once the WAL
  * has *restart_at frames or more, so that the next writer starts it over
- * (*restart_at begins at QUEUE_CHECKPOINT_RESTART_PAGES). A RESTART holds
- * the write lock while it waits for readers, so db's busy timeout is short
- * (QUEUE_CHECKPOINT_BUSY_MS); one that readers kept from finishing returns
- * SQLITE_BUSY and moves *restart_at a RESTART_PAGES further. An SQLite code. */
+ * (*restart_at begins at QUEUE_CHECKPOINT_RESTART_PAGES). The RESTART runs
+ * under write_lock (NULL: none) and holds SQLite's write lock while it waits
+ * for readers, so db's busy timeout is short (QUEUE_CHECKPOINT_BUSY_MS); one
+ * that readers kept from finishing returns SQLITE_BUSY and moves *restart_at
+ * a RESTART_PAGES further. An SQLite code. */
 #define QUEUE_CHECKPOINT_RESTART_PAGES 8000
 #define QUEUE_CHECKPOINT_BUSY_MS 20
-int queue_checkpoint(sqlite3 *db, int *restart_at);
+int queue_checkpoint(sqlite3 *db, pthread_mutex_t *write_lock, int *restart_at);
 
-/* db (another connection to q's database, in this process) stops
- * checkpointing inside its own commits: it tells q's checkpointer thread
- * how long the WAL has grown, as q's committer does. */
-void queue_wal_hand_over(struct queue *q, sqlite3 *db);
+/* db, another connection to q's database in this process, joins q's
+ * writers: it stops checkpointing inside its own commits (it tells q's
+ * checkpointer thread how long the WAL has grown, as q's committer does),
+ * and it must hold the returned lock around each of its write transactions,
+ * as q's committer does. */
+pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db);
 
 /* The store's connection, for tests that look at its prepared statements
  * (sqlite3_next_stmt) and their query plans. */

@@ -8,6 +8,7 @@
  * the process died is still 'queued' or 'deferred' and is tried again. */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,20 @@ struct queue_store {
     char (*doomed)[QUEUE_ID_SIZE];
     size_t doomed_count, doomed_cap;
     struct sql_cache sql; /* the runner runs the same few statements per message */
+    pthread_mutex_t *write_lock; /* the daemon's queue's (queue_store_share), or NULL */
 };
+
+static void store_write_begin(struct queue_store *s)
+{
+    if (s->write_lock != NULL)
+        pthread_mutex_lock(s->write_lock);
+}
+
+static void store_write_end(struct queue_store *s)
+{
+    if (s->write_lock != NULL)
+        pthread_mutex_unlock(s->write_lock);
+}
 
 static int store_prepare(struct queue_store *s, const char *sql, sqlite3_stmt **st)
 {
@@ -81,9 +95,9 @@ void queue_store_close(struct queue_store *s)
     free(s);
 }
 
-void queue_store_checkpoint_by(struct queue_store *s, struct queue *q)
+void queue_store_share(struct queue_store *s, struct queue *q)
 {
-    queue_wal_hand_over(q, s->db);
+    s->write_lock = queue_share(q, s->db);
 }
 
 sqlite3 *queue_store_db(struct queue_store *s)
@@ -489,6 +503,7 @@ static int queue_store_record_group(struct queue_store *s, const struct queue_ou
 {
     const char *step = "begin";
     s->doomed_count = 0;
+    store_write_begin(s);
     int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
         rc = queue_store_write_outcome(s, o[i], &step);
@@ -496,13 +511,14 @@ static int queue_store_record_group(struct queue_store *s, const struct queue_ou
         step = "commit";
         rc = queue_exec(s->db, "COMMIT");
     }
+    if (rc != SQLITE_OK) {
+        log_warn(NULL, "queue outcome write failed step=%s outcomes=%zu rc=%d error=\"%s\"", step,
+                 n, rc, sqlite3_errmsg(s->db));
+        if (!sqlite3_get_autocommit(s->db))
+            queue_exec(s->db, "ROLLBACK");
+    }
+    store_write_end(s);
     queue_store_settle_files(s, rc == SQLITE_OK);
-    if (rc == SQLITE_OK)
-        return SQLITE_OK;
-    log_warn(NULL, "queue outcome write failed step=%s outcomes=%zu rc=%d error=\"%s\"", step, n,
-             rc, sqlite3_errmsg(s->db));
-    if (!sqlite3_get_autocommit(s->db))
-        queue_exec(s->db, "ROLLBACK");
     return rc;
 }
 
@@ -643,9 +659,11 @@ int queue_store_delete(struct queue_store *s, const char *qid)
  * removal of its file, or by a message deleted some other way). */
 int queue_store_purge_done(struct queue_store *s, int64_t before, size_t *count)
 {
+    store_write_begin(s);
     int rc = queue_store_change(s,
                                 "DELETE FROM messages WHERE state = 'done' AND done_at < ?2",
                                 NULL, before, count, "purge");
+    store_write_end(s);
     if (rc < 0)
         return rc;
     size_t removed = 0;

@@ -540,7 +540,7 @@ static void runner_db_work(uv_work_t *w)
         if (j->status < 0)
             return;
         if (r->queue != NULL)
-            queue_store_checkpoint_by(r->store, r->queue);
+            queue_store_share(r->store, r->queue);
     }
     if (j->kind == RUNNER_DB_RECORD) {
         const struct queue_outcome *o[RUNNER_RECORD_BATCH];
