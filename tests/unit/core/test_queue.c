@@ -1360,6 +1360,60 @@ static void test_wal_restart_gives_way(void **state)
     sqlite3_close(writer);
 }
 
+/* The runner's store shares the committer's write lock: with no busy
+ * timeout at all on either connection (SQLite would answer BUSY at the
+ * first collision), outcomes recorded while messages are being committed
+ * all land, and so do the messages. */
+static void test_store_shares_write_lock(void **state)
+{
+    struct fixture *f = *state;
+    enum { FIRST = 100, MORE = 300 };
+    struct queue *q = open_queue(f, 0);
+    struct tracker t;
+    tracker_init(&t);
+    struct test_req *reqs = calloc(FIRST + MORE, sizeof(*reqs));
+    assert_non_null(reqs);
+    for (size_t i = 0; i < FIRST + MORE; i++)
+        test_req_init(&reqs[i], &t);
+    for (size_t i = 0; i < FIRST; i++)
+        assert_int_equal(queue_commit_submit(q, &reqs[i].req), 0);
+    tracker_wait_done(&t, FIRST);
+
+    struct queue_store *s = NULL;
+    assert_int_equal(queue_store_open(f->path, 0, &s), 0);
+    queue_store_share(s, q);
+    struct queue_due *due = NULL;
+    size_t n = 0;
+    assert_int_equal(queue_store_due(s, time(NULL) + 1, FIRST, NULL, NULL, &due, &n), 0);
+    assert_int_equal(n, FIRST);
+
+    pthread_t thread;
+    struct submitter sub = {.q = q, .reqs = reqs + FIRST, .count = MORE};
+    assert_int_equal(pthread_create(&thread, NULL, submitter_run, &sub), 0);
+    for (size_t i = 0; i < n; i++) {
+        struct queue_rcpt_update done[2];
+        for (size_t k = 0; k < due[i].rcpt_count && k < 2; k++)
+            done[k] = (struct queue_rcpt_update){.recipient_id = due[i].rcpts[k].id,
+                                                 .state = "delivered", .dsn_status = "2.0.0",
+                                                 .last_error = ""};
+        struct queue_outcome o = {.message_id = due[i].id, .now = time(NULL), .rcpts = done,
+                                  .rcpt_count = due[i].rcpt_count};
+        assert_int_equal(queue_store_record(s, &o), 0);
+    }
+    pthread_join(thread, NULL);
+    assert_int_equal(sub.rc, 0);
+    tracker_wait_done(&t, FIRST + MORE);
+    for (size_t i = 0; i < FIRST + MORE; i++)
+        assert_int_equal(reqs[i].status, QUEUE_OK);
+    queue_due_free(due, n);
+    queue_store_close(s);
+    queue_close(q);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE state = 'done'"), FIRST);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE state = 'queued'"), MORE);
+    free(reqs);
+    tracker_destroy(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1379,6 +1433,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_large_bodies, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_wal_starts_over, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_wal_restart_gives_way, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_store_shares_write_lock, fixture_setup,
                                         fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
