@@ -41,7 +41,9 @@ int queue_checkpoint(sqlite3 *db, pthread_mutex_t *write_lock, int *restart_at);
  * writers: it stops checkpointing inside its own commits (it tells q's
  * checkpointer thread how long the WAL has grown, as q's committer does),
  * and it must hold the returned lock around each of its write transactions,
- * as q's committer does. */
+ * as q's committer does. (A writer waiting on the lock for one that waits
+ * on another process, smarthostctl say, may wait up to twice the busy
+ * timeout before its 452.) */
 pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db);
 
 /* The store's connection, for tests that look at its prepared statements

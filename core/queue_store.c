@@ -577,7 +577,7 @@ static int queue_store_change(struct queue_store *s, const char *sql, const char
     return 0;
 }
 
-int queue_store_hold(struct queue_store *s, const char *qid, bool is_held)
+static int queue_store_hold_txn(struct queue_store *s, const char *qid, bool is_held)
 {
     size_t n = 0;
     int rc = queue_store_change(s, "UPDATE messages SET held = ?2 WHERE qid = ?1", qid,
@@ -587,7 +587,8 @@ int queue_store_hold(struct queue_store *s, const char *qid, bool is_held)
     return n > 0 ? 0 : QUEUE_ERR_NOT_FOUND;
 }
 
-int queue_store_retry(struct queue_store *s, const char *qid, int64_t now, size_t *count)
+static int queue_store_retry_txn(struct queue_store *s, const char *qid, int64_t now,
+                                 size_t *count)
 {
     *count = 0;
     bool is_all = qid == NULL || qid[0] == '\0';
@@ -620,7 +621,7 @@ int queue_store_retry(struct queue_store *s, const char *qid, int64_t now, size_
     return 0;
 }
 
-int queue_store_delete(struct queue_store *s, const char *qid)
+static int queue_store_delete_txn(struct queue_store *s, const char *qid)
 {
     int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
     if (rc != SQLITE_OK)
@@ -652,6 +653,31 @@ int queue_store_delete(struct queue_store *s, const char *qid)
     if (src != SQLITE_OK)
         return queue_store_fail(s, NULL, src, "delete");
     return n > 0 ? 0 : QUEUE_ERR_NOT_FOUND;
+}
+
+/* The admin actions, under the shared write lock like every other write. */
+int queue_store_hold(struct queue_store *s, const char *qid, bool is_held)
+{
+    store_write_begin(s);
+    int rc = queue_store_hold_txn(s, qid, is_held);
+    store_write_end(s);
+    return rc;
+}
+
+int queue_store_retry(struct queue_store *s, const char *qid, int64_t now, size_t *count)
+{
+    store_write_begin(s);
+    int rc = queue_store_retry_txn(s, qid, now, count);
+    store_write_end(s);
+    return rc;
+}
+
+int queue_store_delete(struct queue_store *s, const char *qid)
+{
+    store_write_begin(s);
+    int rc = queue_store_delete_txn(s, qid);
+    store_write_end(s);
+    return rc;
 }
 
 /* Finished messages older than before, and then the body files that no

@@ -1,5 +1,5 @@
-/* sql_cache.c — see sql_cache.h. Lookups compare the SQL's address first:
- * callers pass string literals, so a hit rarely needs strcmp at all. */
+/* sql_cache.c — see sql_cache.h. A lookup compares the texts of at most
+ * SQL_CACHE_SIZE statements; they differ early, so strcmp stops early. */
 #include "core/sql_cache.h"
 
 #include <stdlib.h>
@@ -24,7 +24,7 @@ static struct sql_cache_entry *sql_cache_find(struct sql_cache *c, const char *s
 {
     for (size_t i = 0; i < c->count; i++) {
         struct sql_cache_entry *e = &c->entries[i];
-        if (!e->is_in_use && (e->sql == sql || strcmp(e->sql, sql) == 0))
+        if (!e->is_in_use && strcmp(e->sql, sql) == 0)
             return e;
     }
     return NULL;
