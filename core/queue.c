@@ -35,14 +35,7 @@
  * the line would wait for megabytes of writes and an fsync before their 250. */
 #define QUEUE_CHECKPOINT_PAGES 1000
 #define QUEUE_CHECKPOINT_IDLE_S 10 /* and at least this often while writes come */
-/* Under steady writes a PASSIVE checkpoint never finds the WAL wholly copied
- * (more frames come in while it copies), so the next writer never starts
- * the file over and it grows for as long as the load lasts (gigabytes in a
- * long burst, and every new frame extends the file, which fdatasync must
- * then record too). Past this many frames the checkpointer asks for a
- * RESTART: writers wait the few milliseconds it needs to copy what the
- * PASSIVE one left and for readers to move on, and the WAL begins again
- * (QUEUE_CHECKPOINT_RESTART_PAGES, queue_internal.h). */
+/* A WAL that a burst grew is cut back to this when it starts over. */
 #define QUEUE_WAL_SIZE_LIMIT "67108864" /* bytes: 64 MiB */
 
 /* Ordered migrations of module "queue"; entry i brings the schema to i + 1.
@@ -316,7 +309,6 @@ int queue_configure(sqlite3 *db, unsigned busy_timeout_ms)
     rc = queue_exec(db, "PRAGMA synchronous=FULL");
     if (rc == SQLITE_OK)
         rc = queue_exec(db, "PRAGMA foreign_keys=ON");
-    /* a WAL that a burst grew is cut back to this when it starts over */
     if (rc == SQLITE_OK)
         rc = queue_exec(db, "PRAGMA journal_size_limit=" QUEUE_WAL_SIZE_LIMIT);
     return rc;
@@ -682,6 +674,13 @@ static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pag
     return SQLITE_OK;
 }
 
+/* Under steady writes a PASSIVE checkpoint never finds the WAL wholly copied
+ * (more frames come in while it copies), so the next writer never starts
+ * the file over and it grows for as long as the load lasts (gigabytes in a
+ * long burst, and every new frame extends the file, which fdatasync must
+ * then record too). Hence the RESTART: writers wait the few milliseconds it
+ * needs to copy what the PASSIVE one left and for readers to move on, and
+ * the WAL begins again. */
 int queue_checkpoint(sqlite3 *db, pthread_mutex_t *write_lock, int *restart_at)
 {
     int log_pages = 0, done_pages = 0;

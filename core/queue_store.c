@@ -504,12 +504,12 @@ static int queue_store_record_group(struct queue_store *s, const struct queue_ou
     const char *step = "begin";
     s->doomed_count = 0;
     store_write_begin(s);
-    int rc = queue_exec(s->db, "BEGIN IMMEDIATE");
+    int rc = sql_cache_exec(&s->sql, "BEGIN IMMEDIATE");
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
         rc = queue_store_write_outcome(s, o[i], &step);
     if (rc == SQLITE_OK) {
         step = "commit";
-        rc = queue_exec(s->db, "COMMIT");
+        rc = sql_cache_exec(&s->sql, "COMMIT");
     }
     if (rc != SQLITE_OK) {
         log_warn(NULL, "queue outcome write failed step=%s outcomes=%zu rc=%d error=\"%s\"", step,
