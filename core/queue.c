@@ -30,10 +30,10 @@
 #define QUEUE_BATCH_MAX 256
 /* The reader serves the CLI: wait this long for the daemon's checkpoints. */
 #define QUEUE_READER_BUSY_MS 5000
-/* WAL pages after which the checkpointer copies them into the database: the
- * committer never checkpoints itself, or the messages whose COMMIT crossed
- * the line would wait for megabytes of writes and an fsync before their 250. */
-#define QUEUE_CHECKPOINT_PAGES 1000
+/* The checkpointer copies the WAL into the database on its own thread
+ * (queue_checkpoint_due says when): the committer never checkpoints itself,
+ * or the messages whose COMMIT crossed the line would wait for megabytes of
+ * writes and an fsync before their 250. */
 #define QUEUE_CHECKPOINT_IDLE_S 10 /* and at least this often while writes come */
 /* A WAL that a burst grew is cut back to this when it starts over. */
 #define QUEUE_WAL_SIZE_LIMIT "67108864" /* bytes: 64 MiB */
@@ -118,6 +118,7 @@ struct queue {
     pthread_cond_t cond;
     pthread_cond_t ckpt_cond;
     bool is_ckpt_wanted; /* guarded by lock */
+    int ckpt_base;       /* guarded by lock: see queue_checkpoint_due */
     /* guarded by lock */
     struct queue_commit_req *head, *tail; /* FIFO of submitted requests */
     bool is_closing;
@@ -665,13 +666,25 @@ static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pag
     (void)db;
     (void)name;
     struct queue *q = arg;
-    if (pages >= QUEUE_CHECKPOINT_PAGES) {
-        pthread_mutex_lock(&q->lock);
+    if (pages < QUEUE_CHECKPOINT_PAGES)
+        return SQLITE_OK;
+    pthread_mutex_lock(&q->lock);
+    if (queue_checkpoint_due(pages, &q->ckpt_base)) {
         q->is_ckpt_wanted = true;
         pthread_cond_signal(&q->ckpt_cond);
-        pthread_mutex_unlock(&q->lock);
     }
+    pthread_mutex_unlock(&q->lock);
     return SQLITE_OK;
+}
+
+bool queue_checkpoint_due(int pages, int *base)
+{
+    if (pages < *base)
+        *base = 0; /* the WAL started over since */
+    if (pages < QUEUE_CHECKPOINT_PAGES || pages - *base < QUEUE_CHECKPOINT_PAGES)
+        return false;
+    *base = pages;
+    return true;
 }
 
 /* Under steady writes a PASSIVE checkpoint never finds the WAL wholly copied

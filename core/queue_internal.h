@@ -26,6 +26,17 @@ int queue_configure(sqlite3 *db, unsigned busy_timeout_ms);
 /* Bring module "queue" to this build's schema version. */
 int queue_migrate(sqlite3 *db);
 
+/* After a commit that left the WAL `pages` frames long: is a checkpoint
+ * round due? Past QUEUE_CHECKPOINT_PAGES, once per that many new frames
+ * since the last round was due (*base, 0 at first; a WAL shorter than
+ * *base started over since). A round copies each page once however often
+ * it was written since the one before, so batching them copies the pages
+ * written again and again (a queue's hot leaves, a freed body's pages
+ * reused by the next) once per batch, where a round after every commit
+ * copied nearly every frame. */
+#define QUEUE_CHECKPOINT_PAGES 1000
+bool queue_checkpoint_due(int pages, int *base);
+
 /* One round of the checkpointer on db: PASSIVE, then RESTART once the WAL
  * has *restart_at frames or more, so that the next writer starts it over
  * (*restart_at begins at QUEUE_CHECKPOINT_RESTART_PAGES). The RESTART runs

@@ -1258,6 +1258,29 @@ static int64_t wal_bytes(const struct fixture *f)
     return stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
 }
 
+/* Checkpoint rounds come once per QUEUE_CHECKPOINT_PAGES new frames, not
+ * after every commit past that length: the WAL as one writer grows it,
+ * starts over, and grows again. */
+static void test_checkpoint_due(void **state)
+{
+    (void)state;
+    const int n = QUEUE_CHECKPOINT_PAGES;
+    int base = 0, rounds = 0;
+    for (int pages = 1; pages <= 5 * n; pages++) /* a commit of one frame each */
+        rounds += queue_checkpoint_due(pages, &base);
+    assert_int_equal(rounds, 5);
+    assert_int_equal(base, 5 * n);
+    /* a commit of many frames crosses the line once */
+    assert_false(queue_checkpoint_due(6 * n - 1, &base));
+    assert_true(queue_checkpoint_due(6 * n + 400, &base));
+    assert_false(queue_checkpoint_due(7 * n + 399, &base));
+    /* started over: short of the first line nothing, then due there again */
+    assert_false(queue_checkpoint_due(12, &base));
+    assert_false(queue_checkpoint_due(n - 1, &base));
+    assert_true(queue_checkpoint_due(n, &base));
+    assert_false(queue_checkpoint_due(n + 1, &base));
+}
+
 /* A PASSIVE checkpoint alone never finds the WAL wholly copied while a
  * writer keeps committing, so the WAL would grow for as long as the writes
  * last. One checkpointer round past QUEUE_CHECKPOINT_RESTART_PAGES makes
@@ -1431,6 +1454,7 @@ int main(void)
         cmocka_unit_test(test_ids_unique),
         cmocka_unit_test_setup_teardown(test_crash_consistency, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_large_bodies, fixture_setup, fixture_teardown),
+        cmocka_unit_test(test_checkpoint_due),
         cmocka_unit_test_setup_teardown(test_wal_starts_over, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_wal_restart_gives_way, fixture_setup,
                                         fixture_teardown),
