@@ -38,6 +38,9 @@ struct conn {
     uint64_t deadline_ms;         /* uv_now value when the session must end */
     int open_handles;
     bool is_closing, is_admitted, is_reading, is_job_in_flight, is_tls_pending;
+    /* An AUTH or a commit is answering: what the client sends meanwhile
+     * waits in the engine, and its end of input until then too. */
+    bool is_input_held, is_peer_done;
     enum conn_timer_mode timer_mode;
     /* AUTH job: inputs copied off the engine, outcome filled by the worker */
     uv_work_t auth_work;
@@ -140,6 +143,22 @@ static void conn_write_raw(struct conn *c, const uint8_t *data, size_t len)
         conn_close(c);
         return;
     }
+    /* Most replies fit the socket at once: written here they need no
+     * request, no copy, and no completion round in the loop, whose end
+     * re-arms the socket in epoll (an epoll_ctl per reply). uv_try_write
+     * refuses while earlier bytes are still queued, so order holds. */
+    uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+    if (n >= 0 && (size_t)n == len)
+        return;
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(c);
+        return;
+    }
+    if (n > 0) {
+        data += n;
+        len -= (size_t)n;
+    }
     struct conn_write *wr = malloc(sizeof(*wr) + len);
     if (wr == NULL) {
         conn_close(c);
@@ -226,6 +245,7 @@ static void conn_timer_arm(struct conn *c)
 
 static void conn_deliver_auth(struct conn *c)
 {
+    c->is_input_held = false;
     smtp_session_auth_done(c->engine, &c->auth_outcome);
     explicit_bzero(&c->auth_outcome, sizeof(c->auth_outcome));
     conn_drive(c);
@@ -290,12 +310,39 @@ static const struct tls_conn_ops conn_tls_ops = {
     .handshake_done = conn_on_handshake,
 };
 
+static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_read_start(struct conn *c)
+{
+    if (c->is_peer_done) { /* its end of input came during a job: all answered now */
+        conn_close(c);
+        return;
+    }
+    if (!c->is_reading && !c->is_closing) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) == 0)
+            c->is_reading = true;
+    }
+}
+
+static void conn_read_stop(struct conn *c)
+{
+    if (c->is_reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->is_reading = false;
+    }
+}
+
 static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = stream->data;
     if (nread == 0)
         return;
     if (nread < 0) {
+        if (nread == UV_EOF && c->is_input_held) { /* answer what came first */
+            conn_read_stop(c);
+            c->is_peer_done = true;
+            return;
+        }
         if (nread != UV_EOF)
             log_debug(c->id, "read error: %s", uv_strerror((int)nread));
         conn_close(c);
@@ -312,24 +359,16 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     }
     if (c->is_closing)
         return;
+    if (c->is_input_held) {
+        /* Pipelined past the command being answered: the bytes wait in the
+         * engine, and the socket rests until the answer is out. Reading
+         * goes on through AUTH and commits otherwise, so the usual session,
+         * which sends nothing meanwhile, costs no epoll change per job. */
+        conn_read_stop(c);
+        return;
+    }
     conn_timer_arm(c);
     conn_drive(c);
-}
-
-static void conn_read_start(struct conn *c)
-{
-    if (!c->is_reading && !c->is_closing) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) == 0)
-            c->is_reading = true;
-    }
-}
-
-static void conn_read_stop(struct conn *c)
-{
-    if (c->is_reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->is_reading = false;
-    }
 }
 
 /* ---- STARTTLS / implicit TLS ------------------------------------------ */
@@ -429,6 +468,7 @@ static void conn_on_commit(struct queue_commit_req *req, int status)
 void conn_on_commit_complete(struct conn *c)
 {
     c->is_job_in_flight = false;
+    c->is_input_held = false;
     smtp_session_commit_done(c->engine, c->commit_status);
     if (c->is_closing) {
         conn_free_if_done(c);
@@ -474,18 +514,19 @@ static void conn_drive(struct conn *c)
                 conn_close(c);
             return;
         case SESSION_REQ_AUTH:
-            conn_read_stop(c);
             if (conn_auth_begin(c) < 0) {
                 struct auth_outcome o = {.result = AUTH_TEMPFAIL};
                 smtp_session_auth_done(c->engine, &o);
                 continue;
             }
+            c->is_input_held = true;
             return;
         case SESSION_REQ_COMMIT:
-            conn_read_stop(c);
             conn_commit_begin(c);
-            if (c->is_job_in_flight)
+            if (c->is_job_in_flight) {
+                c->is_input_held = true;
                 return;
+            }
             continue;
         case SESSION_REQ_CLOSE:
             conn_close(c);

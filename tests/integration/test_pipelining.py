@@ -3,6 +3,8 @@ each. A group with one bad RCPT stores one message for the good recipients only;
 where every RCPT fails gets 554 5.5.1 at DATA; commands pipelined after the end of data
 start the next transaction; a large group (more than one read buffer) loses nothing."""
 
+import socket
+
 import harness
 from harness import SmarthostCase, dot_stuff, make_message
 
@@ -70,6 +72,53 @@ class Pipelining(SmarthostCase):
         self.assertEqual(m2.recipients, ["a2@example.test"])
         self.assertTrue(m1.body.endswith(first))
         self.assertTrue(m2.body.endswith(second))
+
+    def half_close(self, c):
+        """Our end of input, TLS left as it is: the FIN after the last command."""
+        c.note("shutdown(SHUT_WR)")
+        socket.socket.shutdown(c.sock, socket.SHUT_WR)
+
+    def test_end_of_input_during_the_commit(self):
+        """The message, QUIT and the client's FIN arrive while the message is being
+        stored: the 250 and the 221 still come, in order, and then the close."""
+        c = self.session(self.sh)
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<fin@example.test>\r\nDATA\r\n")
+        self.expect_all(c, self.replies(c, 3), [(250, "2.1.0"), (250, "2.1.5"), (354, None)])
+        body = make_message("then QUIT and FIN")
+        c.send(dot_stuff(body) + b".\r\nQUIT\r\n")
+        self.half_close(c)
+        r = c.read_until_closed()
+        self.assertEqual([x.code for x in r], [250, 221], c.dialogue())
+        self.assertTrue(self.sh.message(r[0].qid).body.endswith(body))
+
+    def test_end_of_input_without_quit(self):
+        """FIN right after the end of data, no QUIT: the message is stored and
+        answered, and then the connection closes."""
+        c = self.session(self.sh)
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<fin2@example.test>\r\nDATA\r\n")
+        self.expect_all(c, self.replies(c, 3), [(250, "2.1.0"), (250, "2.1.5"), (354, None)])
+        body = make_message("then FIN")
+        c.send(dot_stuff(body) + b".\r\n")
+        self.half_close(c)
+        r = c.read_until_closed()
+        self.assertEqual([x.code for x in r], [250], c.dialogue())
+        self.assertTrue(self.sh.message(r[0].qid).body.endswith(body))
+
+    def test_pipelined_after_auth(self):
+        """Commands and the FIN right behind AUTH, while the password is being checked:
+        answered in order once it is."""
+        c = self.connect(self.sh)
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        token = harness.b64(f"\0alice\0{self.sh.users['alice']}")
+        c.send(f"AUTH PLAIN {token}\r\nMAIL FROM:<alice@example.test>\r\n"
+               "RCPT TO:<after-auth@example.test>\r\nQUIT\r\n")
+        self.half_close(c)
+        r = c.read_until_closed()
+        self.assertEqual([(x.code, x.enhanced) for x in r],
+                         [(235, "2.7.0"), (250, "2.1.0"), (250, "2.1.5"), (221, "2.0.0")],
+                         c.dialogue())
 
     def test_large_group(self):
         """80 RCPTs in one write (several KB, beyond one command line buffer)."""
