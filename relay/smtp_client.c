@@ -176,6 +176,18 @@ static void client_on_written(uv_write_t *req, int status)
 /* Put raw bytes on the socket (already encrypted, or plaintext). */
 static int client_write_raw(struct client_conn *c, const void *data, size_t len)
 {
+    /* At once when the socket takes it all (see conn_write_raw in core):
+     * only what it refuses waits in a request, counted in writes_pending. */
+    uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+    if (n >= 0 && (size_t)n == len)
+        return 0;
+    if (n < 0 && n != UV_EAGAIN)
+        return n;
+    if (n > 0) {
+        data = (const char *)data + n;
+        len -= (size_t)n;
+    }
     struct client_write *w = malloc(sizeof(*w) + len);
     if (w == NULL)
         return -ENOMEM;
@@ -617,11 +629,11 @@ static size_t client_body_chunk(struct client_conn *c, uint8_t *out, size_t cap)
     return n;
 }
 
-/* Stream the next chunk, or the final dot. */
-static void client_body_pump(struct client_conn *c)
+/* Send the next chunk, or the final dot: true while more may follow at once. */
+static bool client_body_next(struct client_conn *c)
 {
     if (c->writes_pending > 0 || c->state != ST_BODY)
-        return;
+        return false;
     const struct client_txn *t = c->txn;
     size_t total = t->header_len + t->body_len;
     if (c->body_off >= total && !c->pending_cr) {
@@ -632,15 +644,15 @@ static void client_body_pump(struct client_conn *c)
         smtp_reply_init(&c->reply);
         if (client_send_bytes(c, end, strlen(end)) < 0) {
             client_fail(c, CLIENT_STEP_DATA, 0, "connection lost while sending the end of data");
-            return;
+            return false;
         }
         client_arm_timer(c, c->opt->data_timeout_ms, 600000);
-        return;
+        return false;
     }
     uint8_t *buf = malloc(CLIENT_CHUNK_SIZE + 8);
     if (buf == NULL) {
         client_fail(c, CLIENT_STEP_DATA, 0, "out of memory");
-        return;
+        return false;
     }
     size_t n = client_body_chunk(c, buf, CLIENT_CHUNK_SIZE);
     if (c->body_off >= total && c->pending_cr) {
@@ -662,15 +674,22 @@ static void client_body_pump(struct client_conn *c)
     free(buf);
     if (rc < 0) {
         client_fail(c, CLIENT_STEP_DATA, 0, "connection lost while sending the message");
-        return;
+        return false;
     }
     if (is_last) {
         client_arm_timer(c, c->opt->data_timeout_ms, 600000);
-        return;
+        return false;
     }
     client_arm_timer(c, c->opt->command_timeout_ms, 300000);
-    if (c->writes_pending == 0) /* nothing was queued (TLS may buffer): keep going */
-        client_body_pump(c);
+    return c->writes_pending == 0; /* the socket took it all: keep going */
+}
+
+/* Stream the content while the socket takes it; a write left queued
+ * resumes the pump from its callback. */
+static void client_body_pump(struct client_conn *c)
+{
+    while (client_body_next(c)) {
+    }
 }
 
 static void client_record_rcpt(struct client_conn *c, size_t i)

@@ -49,6 +49,7 @@ class RelayDelivery(harness.SmarthostCase):
         cls.p_tarpit = w.peer("tarpit")
         cls.p_hold = w.peer("hold_data")
         cls.p_nopipe = w.peer("accept", pipelining=False)
+        cls.p_late = w.peer("late_reader")
         cls.dead = w.unused_addr()
         zones = {
             "sender.test": ["MX 10 mx.sender.test."],
@@ -74,6 +75,7 @@ class RelayDelivery(harness.SmarthostCase):
             "tarpit.test": [f"A {cls.p_tarpit.addr}"],
             "hold.test": [f"A {cls.p_hold.addr}"],
             "nopipe.test": [f"A {cls.p_nopipe.addr}"],
+            "late.test": [f"A {cls.p_late.addr}"],
         }
         cls.dns = DnsServer(zones)
         cls.addClassCleanup(cls.dns.close)
@@ -161,6 +163,18 @@ class RelayDelivery(harness.SmarthostCase):
         self.assertTrue(self.sh.message(qid).body.endswith(body.encode()))
         self.sh.ctl("queue", "delete", qid)
         self.assertFalse(os.path.exists(os.path.join(spool, qid)))
+
+    def test_message_larger_than_the_socket_takes_at_once(self):
+        # 8 MB to a server that reads nothing of it for a while: the relay's
+        # writes stop short, wait for the socket, and go on where they stopped.
+        line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n"
+        body = "".join(f"{'.' if i % 5 == 0 else ''}{i:08d} {line}" for i in range(100000))
+        self.assertGreater(len(body), 8 << 20)
+        qid = self.submit(["slow@late.test"], subject="larger than the socket", body=body)
+        self.wait_rcpts(qid, {"slow@late.test": {"delivered"}}, "the large message delivered")
+        m = [m for m in self.p_late.messages if m["rcpts"] == ["slow@late.test"]][0]
+        self.assertIsNone(harness.lone_cr_or_lf(m["data"]))
+        self.assertTrue(m["data"].replace(b"\r\n..", b"\r\n.").endswith(body.encode()))
 
     def test_refused_connection_then_next_mx_and_implicit_mx(self):
         q1 = self.submit(["b@dead.test"])

@@ -170,6 +170,10 @@ class Peer:
                     io.send("554 5.5.1 no valid recipients")
                     continue
                 io.send("354 go ahead")
+                if self.behaviour == "late_reader":
+                    # the sender's socket fills up before a byte of content is read
+                    if self.stop.wait(0.5):
+                        return
                 data = io.data()
                 self.data_received.set()
                 if self.behaviour == "hold_data":
@@ -251,11 +255,11 @@ class _Io:
     def __init__(self, sock, stop):
         self.sock = sock
         self.stop = stop
-        self.buf = b""
+        self.buf = bytearray()  # appended in place: a large message is not copied per read
         self.last_packet = b""
 
     def wrap(self, context):
-        self.buf = b""  # nothing sent before TLS is kept
+        self.buf = bytearray()  # nothing sent before TLS is kept
         self.sock.settimeout(harness.IO_TIMEOUT)
         self.sock = context.wrap_socket(self.sock, server_side=True)
         self.sock.settimeout(0.2)
@@ -283,20 +287,25 @@ class _Io:
     def line(self):
         while b"\n" not in self.buf:
             self._fill()
-        line, self.buf = self.buf.split(b"\n", 1)
+        end = self.buf.index(b"\n")
+        line = bytes(self.buf[:end])
+        del self.buf[:end + 1]
         return line.rstrip(b"\r").decode("utf-8", "replace")
 
     def data(self):
         """Until CRLF.CRLF; returns the raw bytes as sent (still dot-stuffed)."""
+        seen = 0  # scanned already: a large message is searched once, not per read
         while True:
-            end = self.buf.find(b"\r\n.\r\n")
+            end = self.buf.find(b"\r\n.\r\n", seen)
             if end >= 0 or self.buf.startswith(b".\r\n"):
                 break
+            seen = max(0, len(self.buf) - 4)
             self._fill()
         if self.buf.startswith(b".\r\n"):
-            data, self.buf = b"", self.buf[3:]
+            data, end = b"", 3
         else:
-            data, self.buf = self.buf[:end + 2], self.buf[end + 5:]
+            data, end = bytes(self.buf[:end + 2]), end + 5
+        del self.buf[:end]
         return data
 
 
