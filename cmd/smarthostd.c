@@ -23,6 +23,9 @@
 #include "core/server.h"
 #include "relay/runner.h"
 
+#include <pthread.h>
+#include <uv.h>
+
 #define SMARTHOSTD_DEFAULT_CONFIG "/etc/smarthost/smarthost.conf"
 
 static void usage(FILE *fp)
@@ -144,6 +147,27 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
+static void pool_noop(uv_work_t *req)
+{
+    (void)req;
+}
+
+/* Starts libuv's pool from here, so that its threads, which take their name from the
+ * thread that first queues work, are called "pool" in top -H and perf, not after
+ * whichever session or relay thread came first. */
+static void pool_start(void)
+{
+    uv_loop_t loop;
+    uv_work_t req;
+    if (uv_loop_init(&loop) != 0)
+        return;
+    pthread_setname_np(pthread_self(), "pool");
+    if (uv_queue_work(&loop, &req, pool_noop, NULL) == 0)
+        uv_run(&loop, UV_RUN_DEFAULT);
+    pthread_setname_np(pthread_self(), "smarthostd");
+    uv_loop_close(&loop);
+}
+
 int main(int argc, char **argv)
 {
     const char *path = SMARTHOSTD_DEFAULT_CONFIG;
@@ -191,6 +215,7 @@ int main(int argc, char **argv)
         snprintf(v, sizeof(v), "%ld", n > 2 ? n * 2 : 4);
         setenv("UV_THREADPOOL_SIZE", v, 1);
     }
+    pool_start();
 
     char *user = strdup(cfg->user);
     char *database = strdup(cfg->database);

@@ -121,6 +121,7 @@ static void control_serve_one(struct control *c, int fd)
 static void *control_run(void *arg)
 {
     struct control *c = arg;
+    pthread_setname_np(pthread_self(), "control");
     for (;;) {
         struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN},
                               {.fd = c->stop_pipe[0], .events = POLLIN}};

@@ -634,6 +634,7 @@ static void queue_finish_batch(struct queue *q, size_t n)
 static void *queue_run_committer(void *arg)
 {
     struct queue *q = arg;
+    pthread_setname_np(pthread_self(), "committer");
     for (;;) {
         pthread_mutex_lock(&q->lock);
         while (q->head == NULL && !q->is_closing)
@@ -727,6 +728,7 @@ int queue_checkpoint(sqlite3 *db, pthread_mutex_t *write_lock, int *restart_at)
 static void *queue_run_checkpointer(void *arg)
 {
     struct queue *q = arg;
+    pthread_setname_np(pthread_self(), "checkpointer");
     int restart_at = QUEUE_CHECKPOINT_RESTART_PAGES;
     pthread_mutex_lock(&q->lock);
     while (!q->is_closing) {

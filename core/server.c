@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -297,6 +298,9 @@ static void worker_on_wakeup(uv_async_t *a)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
+    char name[16]; /* top -H and perf tell the threads apart by these names */
+    snprintf(name, sizeof(name), "session%zu", w->index);
+    pthread_setname_np(pthread_self(), name);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 

@@ -1781,6 +1781,7 @@ static void runner_on_stop(uv_async_t *a)
 static void runner_thread(void *arg)
 {
     struct relay_runner *r = arg;
+    pthread_setname_np(pthread_self(), "relay");
     runner_scan(r); /* whatever waited while we were down */
     uv_run(&r->loop, UV_RUN_DEFAULT);
 }
