@@ -784,7 +784,7 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
     atomic_init(&q->batches, 0);
     q->spool_fd = -1;
     pthread_mutex_init(&q->write_lock, NULL); /* default attributes: cannot fail */
-    int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, queue_vfs());
     sql_cache_init(&q->sql, q->db);
     if (rc == SQLITE_OK)
         rc = queue_configure(q->db, busy_timeout_ms);
@@ -795,7 +795,7 @@ int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out)
     if (rc == SQLITE_OK) {
         sqlite3_wal_autocheckpoint(q->db, 0);
         sqlite3_wal_hook(q->db, queue_on_wal_commit, q);
-        rc = sqlite3_open_v2(path, &q->ckpt_db, SQLITE_OPEN_READWRITE, NULL);
+        rc = sqlite3_open_v2(path, &q->ckpt_db, SQLITE_OPEN_READWRITE, queue_vfs());
         if (rc == SQLITE_OK)
             rc = queue_configure(q->ckpt_db, QUEUE_CHECKPOINT_BUSY_MS);
     }
@@ -995,7 +995,7 @@ int queue_reader_open(const char *path, struct queue_reader **out)
      * writable, but a wrong path must not create an empty database. The
      * connection itself never writes (query_only). */
     int rc = queue_spool_dir(path, r->spool, sizeof(r->spool)) == 0
-                 ? sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE, NULL)
+                 ? sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE, queue_vfs())
                  : SQLITE_CANTOPEN;
     if (rc == SQLITE_OK) {
         sqlite3_extended_result_codes(r->db, 1);

@@ -57,6 +57,17 @@ int queue_checkpoint(sqlite3 *db, pthread_mutex_t *write_lock, int *restart_at);
  * timeout before its 452.) */
 pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db);
 
+/* ---- queue_vfs.c: the WAL's writes gathered ---------------------------- */
+
+/* The name of a VFS for sqlite3_open_v2: the default one, except that the
+ * writes of a commit to the WAL file reach the kernel in one call instead
+ * of two per page; NULL (the default VFS) if it could not be registered.
+ * Registers it on first use. */
+const char *queue_vfs(void);
+/* Since the process began: writes SQLite made to WAL files through it, and
+ * writes it made to the kernel. */
+void queue_vfs_stats(uint64_t *gathered, uint64_t *written);
+
 /* The store's connection, for tests that look at its prepared statements
  * (sqlite3_next_stmt) and their query plans. */
 sqlite3 *queue_store_db(struct queue_store *s);

@@ -67,7 +67,7 @@ int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_st
     if (s == NULL)
         return -ENOMEM;
     int rc = queue_spool_dir(path, s->spool, sizeof(s->spool)) == 0
-                 ? sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)
+                 ? sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, queue_vfs())
                  : SQLITE_CANTOPEN;
     if (rc == SQLITE_OK)
         rc = queue_configure(s->db, busy_timeout_ms);
