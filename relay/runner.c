@@ -633,23 +633,37 @@ static void runner_db_run_next(struct relay_runner *r)
     struct runner_db_job *j = r->db_queue;
     j->group_n = 0;
     if (j->kind == RUNNER_DB_RECORD) { /* the records queued behind it, up to a scan */
-        bool is_scan_behind = false;
+        struct runner_db_job *scan = NULL, *before_scan = j;
         for (struct runner_db_job *p = j; p != NULL && j->group_n < RUNNER_RECORD_BATCH;
              p = p->next) {
             if (p->kind != RUNNER_DB_RECORD) {
-                is_scan_behind = true;
+                scan = p;
                 break;
             }
             j->group[j->group_n++] = p;
+            before_scan = p;
         }
-        /* a small group waits a little for company, unless stopping or a scan waits */
+        /* A small group waits a little for company, unless stopping. A scan
+         * behind it does not wait: it goes first. It cannot take the group's
+         * messages again, they stay in memory until their outcome is written,
+         * and the records gathered meanwhile share the group's commit (each
+         * commit is an fsync, and under load the scans, one per committed
+         * message, came so often that groups were one or two outcomes). */
         uint64_t age_ms = uv_now(&r->loop) - j->queued_at_ms;
-        if (j->group_n < RUNNER_RECORD_BATCH && !is_scan_behind && !r->is_stopping &&
+        if (j->group_n < RUNNER_RECORD_BATCH && !r->is_stopping &&
             age_ms < RUNNER_RECORD_GATHER_MS) {
             if (!uv_is_active((uv_handle_t *)&r->record_timer))
                 uv_timer_start(&r->record_timer, runner_on_record_timer,
                                RUNNER_RECORD_GATHER_MS - age_ms, 0);
-            return;
+            if (scan == NULL)
+                return;
+            before_scan->next = scan->next;
+            if (r->db_tail == scan)
+                r->db_tail = before_scan;
+            scan->next = r->db_queue;
+            r->db_queue = scan;
+            j = scan;
+            j->group_n = 0;
         }
     }
     r->is_db_busy = true;
