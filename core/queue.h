@@ -186,6 +186,13 @@ void queue_due_free(struct queue_due *due, size_t count);
 /* Earliest next_attempt_at among pending recipients of messages not held;
  * INT64_MAX when nothing is pending. */
 int queue_store_next_due(struct queue_store *s, int64_t *at);
+/* Around a scan's reads (queue_store_due, queue_store_body,
+ * queue_store_next_due): one read transaction, so they see one snapshot and
+ * take SQLite's read lock once, not once per statement (and re-read the
+ * pages other connections changed once). 0 or QUEUE_ERR_STORAGE; read_end
+ * after either. */
+int queue_store_read_begin(struct queue_store *s);
+void queue_store_read_end(struct queue_store *s);
 /* The stored message (header + body) by message id; caller frees *out. */
 int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, size_t *out_len);
 

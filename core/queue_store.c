@@ -258,6 +258,18 @@ int queue_store_next_due(struct queue_store *s, int64_t *at)
     return 0;
 }
 
+int queue_store_read_begin(struct queue_store *s)
+{
+    int rc = sql_cache_exec(&s->sql, "BEGIN");
+    return rc == SQLITE_OK ? 0 : queue_store_fail(s, NULL, rc, "read begin");
+}
+
+void queue_store_read_end(struct queue_store *s)
+{
+    if (!sqlite3_get_autocommit(s->db) && sql_cache_exec(&s->sql, "COMMIT") != SQLITE_OK)
+        queue_exec(s->db, "ROLLBACK");
+}
+
 int queue_store_body(struct queue_store *s, int64_t message_id, uint8_t **out, size_t *out_len)
 {
     *out = NULL;

@@ -531,6 +531,8 @@ static bool runner_is_in_flight(int64_t message_id, void *arg)
            bsearch(&message_id, j->skip_ids, j->skip_count, sizeof(int64_t), runner_cmp_id) != NULL;
 }
 
+static void runner_scan_read(struct relay_runner *r, struct runner_db_job *j, int64_t now);
+
 static void runner_db_work(uv_work_t *w)
 {
     struct runner_db_job *j = w->data;
@@ -563,6 +565,15 @@ static void runner_db_work(uv_work_t *w)
             log_info(NULL, "queue: removed %zu finished message%s older than keep_done", purged,
                      purged == 1 ? "" : "s");
     }
+    j->status = queue_store_read_begin(r->store);
+    if (j->status == 0)
+        runner_scan_read(r, j, now);
+    queue_store_read_end(r->store);
+}
+
+/* The scan's reads, in one read transaction. */
+static void runner_scan_read(struct relay_runner *r, struct runner_db_job *j, int64_t now)
+{
     /* the ones in flight (their outcome is not written yet) are skipped in the
      * query itself, so a backlog of them never hides the messages behind */
     j->status = queue_store_due(r->store, now, j->max_msgs, runner_is_in_flight, j, &j->due,
