@@ -578,7 +578,6 @@ void conn_accept(struct worker *w, uv_stream_t *listener, size_t listener_index)
         uv_close((uv_handle_t *)&c->tcp, conn_on_handle_closed);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
     conn_peer_ip(&c->tcp, c->ip, sizeof(c->ip));
 
     /* Snapshot what this session needs from the config in force now. */
