@@ -1,8 +1,11 @@
-"""Process lifecycle: the "ready" log line once every listener is bound; SIGHUP reloads
+"""Process lifecycle: the "ready" log line once every listener is bound, with every thread
+named as smarthostd(8) says; SIGHUP reloads
 configuration and certificates for new sessions while an open session keeps its own
 (it still works, with its old limits); SIGTERM stops the daemon with exit status 0 and
 no new connection is accepted afterwards."""
 
+import collections
+import os
 import signal
 import ssl
 
@@ -12,8 +15,21 @@ from harness import SmarthostCase, make_message
 
 class Signals(SmarthostCase):
     def test_ready_line(self):
-        sh = self.start_smarthost()
+        # the relay thread runs, but nothing is queued: it never connects
+        sh = self.start_smarthost(config={"server": {"threads": 2},
+                                          "relay": {"enabled": "yes",
+                                                    "relayhost": "127.0.0.1:2525"}})
         sh.wait_log(r"\bready\b")
+        task = f"/proc/{sh.proc.pid}/task"
+        names = collections.Counter()
+        for tid in os.listdir(task):
+            with open(f"{task}/{tid}/comm") as f:
+                names[f.read().strip()] += 1
+        self.assertEqual(names["smarthostd"], 1)  # the main thread
+        for name in ("session0", "session1", "committer", "checkpointer", "relay", "control"):
+            self.assertEqual(names[name], 1, f"{name} in {dict(names)}")
+        self.assertGreaterEqual(names["pool"], 4)
+        self.assertEqual(sum(names.values()), 7 + names["pool"], dict(names))
 
     def test_sighup_reloads_certificate_and_limits(self):
         sh = self.start_smarthost(config={"limits": {"max_recipients": 3}})
