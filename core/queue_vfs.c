@@ -10,8 +10,12 @@
  * after the commit frame's write (and sync) returned, so no connection can
  * look for a frame that is still in the buffer; a failed gathered write is
  * the error of the write that flushed it, so the transaction fails as it
- * would have. Every other file, and every other method, is the default
- * VFS's own. */
+ * would have. Only appended frames are gathered: a write over what the file
+ * already holds (a page written again in place, the checksums SQLite then
+ * rewrites, which it may do after the commit frame) goes straight down, so
+ * nothing of a commit stays in memory once sqlite3WalFrames returns, synced
+ * or not. Every other file, and every other method, is the default VFS's
+ * own. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -35,7 +39,9 @@ struct vfs_wal_file {
     unsigned char *buf;
     size_t len, cap;
     sqlite3_int64 at;    /* file offset of buf[0] */
-    bool is_commit_next; /* the last write was a commit frame's header */
+    sqlite3_int64 end;   /* of what this handle wrote since the log began again */
+    unsigned char salt[8]; /* of the frames it wrote: new ones mean the log began again */
+    bool is_commit_next; /* the last write was an appended commit frame's header */
 };
 
 static sqlite3_vfs vfs;
@@ -86,7 +92,21 @@ static int vfs_write(sqlite3_file *file, const void *data, int amt, sqlite3_int6
     struct vfs_wal_file *f = (struct vfs_wal_file *)file;
     bool is_commit = f->is_commit_next;
     f->is_commit_next = false;
-    if (amt == VFS_FRAME_HEADER && off >= VFS_WAL_HEADER) {
+    bool is_header = amt == VFS_FRAME_HEADER && off >= VFS_WAL_HEADER;
+    /* The log began again, here (a new header) or from another connection
+     * (its frames carry the new header's salt): nothing below is ours. A
+     * frame whose checksums SQLite will rewrite has zeros for now. */
+    static const unsigned char zeros[8];
+    const unsigned char *salt = is_header ? (const unsigned char *)data + 8 : zeros;
+    bool is_new_salt = memcmp(salt, zeros, 8) != 0 && memcmp(salt, f->salt, 8) != 0;
+    if (off == 0 || is_new_salt)
+        f->end = 0;
+    if (is_new_salt)
+        memcpy(f->salt, salt, 8);
+    bool is_append = off >= f->end;
+    if (off + amt > f->end)
+        f->end = off + amt;
+    if (is_append && is_header) {
         const unsigned char *h = data; /* page number, then database size if a commit */
         f->is_commit_next = (h[4] | h[5] | h[6] | h[7]) != 0;
     }
@@ -95,7 +115,7 @@ static int vfs_write(sqlite3_file *file, const void *data, int amt, sqlite3_int6
         rc = vfs_flush(f);
     if (rc != SQLITE_OK)
         return rc;
-    if ((size_t)amt > VFS_BUF_MAX || vfs_reserve(f, f->len + (size_t)amt) != SQLITE_OK)
+    if (!is_append || (size_t)amt > VFS_BUF_MAX || vfs_reserve(f, f->len + (size_t)amt) != SQLITE_OK)
         return vfs_write_under(f, data, (size_t)amt, off);
     if (f->len == 0)
         f->at = off;
@@ -127,6 +147,8 @@ static int vfs_truncate(sqlite3_file *file, sqlite3_int64 size)
 {
     struct vfs_wal_file *f = (struct vfs_wal_file *)file;
     int rc = vfs_flush(f);
+    if (f->end > size)
+        f->end = size;
     return rc != SQLITE_OK ? rc : f->real->pMethods->xTruncate(f->real, size);
 }
 

@@ -1,11 +1,13 @@
 /* Unit tests for core/queue_vfs.c on real database files: a commit's WAL
  * writes reach the kernel in a few calls, and another connection on the
  * default VFS sees every commit at once, even with synchronous=OFF (no sync
- * to flush at); a commit larger than the buffer and than the unix VFS's
- * largest single write goes down whole; frames spilled from a small cache
- * mid-transaction are read back and a rollback leaves nothing; a write the
- * kernel refuses (RLIMIT_FSIZE) fails the COMMIT, leaves the database as it
- * was, and the connection goes on. */
+ * to flush at); a writer still gathers after another began the log again;
+ * a commit larger than the buffer and than the unix VFS's largest single
+ * write goes down whole; frames spilled from a small cache mid-transaction
+ * are read back and a rollback leaves nothing; a process that commits
+ * without a sync and exits at once leaves a WAL that recovery keeps whole;
+ * a write the kernel refuses (RLIMIT_FSIZE) fails the COMMIT, leaves the
+ * database as it was, and the connection goes on. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -16,6 +18,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <sqlite3.h>
@@ -110,7 +114,8 @@ static void test_commits_gathered_and_seen(void **state)
     for (int i = 1; i <= 20; i++) {
         uint64_t gathered0, written0, gathered1, written1;
         queue_vfs_stats(&gathered0, &written0);
-        /* twenty rows over three pages each: some fifty frames */
+        /* twenty rows over three pages each: some fifty frames, 210 KiB, in
+         * two writes (at most 124 KiB each) */
         assert_int_equal(insert_blobs(f->db, 20, 10000), SQLITE_OK);
         queue_vfs_stats(&gathered1, &written1);
         assert_true(gathered1 - gathered0 >= 80); /* a header and a page per frame */
@@ -118,6 +123,42 @@ static void test_commits_gathered_and_seen(void **state)
         /* no sync came, and yet the other connection sees it all */
         assert_int_equal(query_int(f->other, "SELECT COUNT(*) FROM t"), i * 20);
     }
+    assert_intact(f->other);
+}
+
+/* One commit through the VFS: gathered (40 writes or more from SQLite, 27
+ * frames of 110 KiB) into at most `most` writes, and seen by the other
+ * connection. */
+static void commit_gathered(struct fixture *f, sqlite3 *writer, int most, int rows)
+{
+    uint64_t gathered0, written0, gathered1, written1;
+    queue_vfs_stats(&gathered0, &written0);
+    assert_int_equal(insert_blobs(writer, 10, 10000), SQLITE_OK);
+    queue_vfs_stats(&gathered1, &written1);
+    assert_true(gathered1 - gathered0 >= 40);
+    assert_true(written1 - written0 <= (uint64_t)most);
+    assert_int_equal(query_int(f->other, "SELECT COUNT(*) FROM t"), rows);
+}
+
+/* Two writers through the VFS, and the log begun again by one of them under
+ * the other: the other's next frames land below where it wrote before, and
+ * are gathered all the same (they carry the new log's salt). */
+static void test_log_restarted_by_another(void **state)
+{
+    struct fixture *f = *state;
+    sqlite3 *second = NULL;
+    assert_int_equal(sqlite3_open_v2(f->path, &second, SQLITE_OPEN_READWRITE, queue_vfs()),
+                     SQLITE_OK);
+    exec_ok(f->db, "PRAGMA wal_autocheckpoint=0");
+    exec_ok(second, "PRAGMA wal_autocheckpoint=0");
+    for (int i = 1; i <= 3; i++)
+        commit_gathered(f, second, 1, 10 * i);
+    /* everything copied: the next writer begins the log again */
+    exec_ok(f->other, "PRAGMA wal_checkpoint(RESTART)");
+    commit_gathered(f, f->db, 2, 40); /* and the new log's header */
+    commit_gathered(f, second, 1, 50);
+    commit_gathered(f, f->db, 1, 60);
+    assert_int_equal(sqlite3_close(second), SQLITE_OK);
     assert_intact(f->other);
 }
 
@@ -157,6 +198,51 @@ static void test_spill_and_rollback(void **state)
     assert_intact(f->other);
 }
 
+/* A process that commits and dies at once, without a sync at commit
+ * (synchronous=NORMAL) and with pages written twice in the transaction (a
+ * small cache spills them, so SQLite writes them again in place and then
+ * rewrites the checksums of the frames after the first of them): nothing of
+ * the commit may be left in the buffer, or recovery finds a frame whose
+ * checksum does not follow and drops the transaction. */
+static void test_commit_survives_exit(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->db, "INSERT INTO t(v) VALUES(zeroblob(100))");
+    /* none of ours open meanwhile: the next open recovers the WAL from the
+     * file (the shared-memory index of a database no one has open is
+     * rebuilt), as after a crash */
+    assert_int_equal(sqlite3_close(f->other), SQLITE_OK);
+    assert_int_equal(sqlite3_close(f->db), SQLITE_OK);
+    f->db = f->other = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        sqlite3 *db = NULL;
+        int ok = sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READWRITE, queue_vfs()) == SQLITE_OK &&
+                 sqlite3_exec(db,
+                              "PRAGMA synchronous=NORMAL; PRAGMA cache_size=4;"
+                              " PRAGMA wal_autocheckpoint=0; BEGIN;"
+                              " WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c"
+                              "  WHERE i < 200) INSERT INTO t(v) SELECT randomblob(500) FROM c;"
+                              " UPDATE t SET v = randomblob(400);"
+                              " UPDATE t SET v = randomblob(300); COMMIT",
+                              NULL, NULL, NULL) == SQLITE_OK;
+        _exit(ok ? 0 : 1); /* no close: whatever is still buffered is lost */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    sqlite3 *fresh = NULL;
+    assert_int_equal(sqlite3_open_v2(f->path, &fresh, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(query_int(fresh, "SELECT COUNT(*) FROM t"), 201);
+    assert_int_equal(query_int(fresh, "SELECT COUNT(*) FROM t WHERE length(v) = 300"), 201);
+    assert_intact(fresh);
+    f->db = fresh;
+    assert_int_equal(sqlite3_open_v2(f->path, &f->other, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+}
+
 static void test_refused_write(void **state)
 {
     struct fixture *f = *state;
@@ -193,8 +279,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_commits_gathered_and_seen, fixture_setup,
                                         fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_log_restarted_by_another, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_large_commit, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_spill_and_rollback, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_commit_survives_exit, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_refused_write, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
