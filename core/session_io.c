@@ -348,17 +348,31 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         conn_close(c);
         return;
     }
+    bool is_end = false;
     if (c->tls != NULL) {
-        if (tls_conn_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread) < 0) {
+        int r = tls_conn_feed(c->tls, (const uint8_t *)buf->base, (size_t)nread);
+        if (r < 0) {
             conn_close(c);
             return;
         }
+        is_end = r == TLS_CONN_CLOSED;
     } else if (smtp_session_input(c->engine, (const uint8_t *)buf->base, (size_t)nread) < 0) {
         conn_close(c);
         return;
     }
     if (c->is_closing)
         return;
+    if (is_end) {
+        /* The client's close_notify, often in the same read as its last
+         * commands ("QUIT", or the end of DATA while the commit runs): those
+         * are answered, as after a TCP end of input, then the connection
+         * closes (conn_read_start, once nothing is left to do). */
+        conn_read_stop(c);
+        c->is_peer_done = true;
+        if (!c->is_input_held)
+            conn_drive(c);
+        return;
+    }
     if (c->is_input_held) {
         /* Pipelined past the command being answered: the bytes wait in the
          * engine, and the socket rests until the answer is out. Reading

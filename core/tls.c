@@ -289,7 +289,7 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
         if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
             break;
         if (n == 0) /* close_notify */
-            return -1;
+            return TLS_CONN_CLOSED;
         if (!gnutls_error_is_fatal((int)n))
             continue; /* e.g. a TLS 1.3 post-handshake message already handled */
         c->is_failed = true;

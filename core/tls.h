@@ -46,7 +46,10 @@ void tls_conn_free(struct tls_conn *c);
 /* Begin the handshake (nothing is sent by a server until the client hello). */
 void tls_conn_start(struct tls_conn *c);
 /* Ciphertext read from the stream: drives the handshake, then delivers
- * plaintext. Returns 0, or -1 on a fatal TLS error (close the stream). */
+ * plaintext. Returns 0; TLS_CONN_CLOSED when the peer's close_notify came,
+ * after the plaintext before it was delivered (nothing more will: its end
+ * of input); or -1 on a fatal TLS error (close the stream). */
+#define TLS_CONN_CLOSED 1
 int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
 /* Encrypt and write application data. Returns 0 or -1. */
 int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len);

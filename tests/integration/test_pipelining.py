@@ -1,12 +1,79 @@
 """PIPELINING (RFC 2920): commands sent in one write are answered in order, one reply
 each. A group with one bad RCPT stores one message for the good recipients only; a group
 where every RCPT fails gets 554 5.5.1 at DATA; commands pipelined after the end of data
-start the next transaction; a large group (more than one read buffer) loses nothing."""
+start the next transaction; a large group (more than one read buffer) loses nothing.
+The client's end of input (a FIN, or TLS close_notify in the same read as its last
+commands) while a message is being stored or a password checked: everything before it
+is still answered, in order, and then the connection closes."""
 
 import socket
+import ssl
 
 import harness
 from harness import SmarthostCase, dot_stuff, make_message
+
+
+class HalfClosingTls:
+    """A TLS client over a socket through memory BIOs, as much of a socket as
+    harness.Client uses: sendall, recv, settimeout, close; and close_notify(), which
+    sends ours and leaves reading as it was."""
+
+    def __init__(self, sock, context, server_hostname):
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing,
+                                    server_hostname=server_hostname)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the TLS handshake")
+                self.incoming.write(data)
+        self._send_pending()
+
+    def _send_pending(self):
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def version(self):
+        return self.tls.version()
+
+    def cipher(self):
+        return self.tls.cipher()
+
+    def sendall(self, data):
+        self.tls.write(data)
+        self._send_pending()
+
+    def close_notify(self):
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:  # ours is out; the server's is not in yet
+            pass
+        self._send_pending()
+
+    def recv(self, n):
+        while True:
+            try:
+                return self.tls.read(n)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    return b""
+                self.incoming.write(data)
+            except ssl.SSLZeroReturnError:  # the server's close_notify
+                return b""
+
+    def settimeout(self, timeout):
+        self.sock.settimeout(timeout)
+
+    def close(self):
+        self.sock.close()
 
 
 class Pipelining(SmarthostCase):
@@ -78,6 +145,24 @@ class Pipelining(SmarthostCase):
         c.note("shutdown(SHUT_WR)")
         socket.socket.shutdown(c.sock, socket.SHUT_WR)
 
+    def half_closing_session(self):
+        """An authenticated session whose TLS can send close_notify and still read the
+        replies (Python's SSLSocket.unwrap would wait for the server's close_notify and
+        fail on the replies in between)."""
+        c = self.connect(self.sh)
+        c.ehlo()
+        c.cmd("STARTTLS", 220, "2.0.0")
+        c.sock = HalfClosingTls(c.sock, self.sh.client_context(), c.server_hostname)
+        c.note(f"tls {c.sock.version()} {c.sock.cipher()[0]}")
+        c.ehlo()
+        return c
+
+    def close_notify(self, c):
+        """Our end of input as TLS says it: close_notify after the last command, in
+        the same burst; the socket stays open for the replies."""
+        c.note("close_notify")
+        c.sock.close_notify()
+
     def test_end_of_input_during_the_commit(self):
         """The message, QUIT and the client's FIN arrive while the message is being
         stored: the 250 and the 221 still come, in order, and then the close."""
@@ -103,6 +188,40 @@ class Pipelining(SmarthostCase):
         r = c.read_until_closed()
         self.assertEqual([x.code for x in r], [250], c.dialogue())
         self.assertTrue(self.sh.message(r[0].qid).body.endswith(body))
+
+    def test_close_notify_during_the_commit(self):
+        """The message, QUIT and close_notify in one burst, while the message is
+        being stored: the 250 and the 221 still come."""
+        c = self.half_closing_session()
+        c.auth_plain("alice", self.sh.users["alice"])
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<cn@example.test>\r\nDATA\r\n")
+        self.expect_all(c, self.replies(c, 3), [(250, "2.1.0"), (250, "2.1.5"), (354, None)])
+        body = make_message("then QUIT and close_notify")
+        c.send(dot_stuff(body) + b".\r\nQUIT\r\n")
+        self.close_notify(c)
+        r = c.read_until_closed()
+        self.assertEqual([x.code for x in r], [250, 221], c.dialogue())
+        self.assertTrue(self.sh.message(r[0].qid).body.endswith(body))
+
+    def test_close_notify_with_the_last_commands(self):
+        """NOOP and QUIT, then close_notify, no job in between: both answered."""
+        c = self.half_closing_session()
+        c.send(b"NOOP\r\nQUIT\r\n")
+        self.close_notify(c)
+        r = c.read_until_closed()
+        self.assertEqual([(x.code, x.enhanced) for x in r], [(250, "2.0.0"), (221, "2.0.0")],
+                         c.dialogue())
+
+    def test_close_notify_after_auth(self):
+        """Commands and close_notify right behind AUTH: answered once the password is
+        checked."""
+        c = self.half_closing_session()
+        token = harness.b64(f"\0alice\0{self.sh.users['alice']}")
+        c.send(f"AUTH PLAIN {token}\r\nNOOP\r\nQUIT\r\n")
+        self.close_notify(c)
+        r = c.read_until_closed()
+        self.assertEqual([(x.code, x.enhanced) for x in r],
+                         [(235, "2.7.0"), (250, "2.0.0"), (221, "2.0.0")], c.dialogue())
 
     def test_pipelined_after_auth(self):
         """Commands and the FIN right behind AUTH, while the password is being checked:
