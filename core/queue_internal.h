@@ -60,9 +60,10 @@ pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db);
 /* ---- queue_vfs.c: the WAL's writes gathered ---------------------------- */
 
 /* The name of a VFS for sqlite3_open_v2: the default one, except that the
- * writes of a commit to the WAL file reach the kernel in one call instead
- * of two per page; NULL (the default VFS) if it could not be registered.
- * Registers it on first use. */
+ * frames a transaction appends to the WAL reach the kernel in one call at
+ * its commit (or when it gives up the write lock) instead of two per page;
+ * NULL (the default VFS) if it could not be registered. Registers it on
+ * first use. */
 const char *queue_vfs(void);
 /* Since the process began: writes SQLite made to WAL files through it, and
  * writes it made to the kernel. */

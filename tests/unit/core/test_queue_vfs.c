@@ -4,7 +4,8 @@
  * to flush at); a writer still gathers after another began the log again;
  * a commit larger than the buffer and than the unix VFS's largest single
  * write goes down whole; frames spilled from a small cache mid-transaction
- * are read back and a rollback leaves nothing; a process that commits
+ * are read back and a rollback leaves nothing, even under another
+ * connection's commit at the same offsets; a process that commits
  * without a sync and exits at once leaves a WAL that recovery keeps whole;
  * a write the kernel refuses (RLIMIT_FSIZE) fails the COMMIT, leaves the
  * database as it was, and the connection goes on. */
@@ -198,6 +199,30 @@ static void test_spill_and_rollback(void **state)
     assert_intact(f->other);
 }
 
+/* A transaction that spilled frames to the WAL and rolled back, and then a
+ * commit of another connection at the same offsets: the rolled-back frames
+ * reach the file before the write lock passes on, never over the other's
+ * (a batch of the committer that failed, then the relay's outcome). */
+static void test_rollback_then_another_commits(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->db, "PRAGMA wal_autocheckpoint=0; INSERT INTO t(v) VALUES(zeroblob(100))");
+    sqlite3 *second = NULL;
+    assert_int_equal(sqlite3_open_v2(f->path, &second, SQLITE_OPEN_READWRITE, queue_vfs()),
+                     SQLITE_OK);
+    exec_ok(second, "PRAGMA wal_autocheckpoint=0; PRAGMA wal_checkpoint(TRUNCATE)");
+    exec_ok(f->db, "PRAGMA cache_size=50; BEGIN");
+    exec_ok(f->db, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300)"
+                   " INSERT INTO t(v) SELECT randomblob(3000) FROM c");
+    exec_ok(f->db, "ROLLBACK");
+    exec_ok(second, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 700)"
+                    " INSERT INTO t(v) SELECT zeroblob(2000) FROM c");
+    assert_int_equal(query_int(f->db, "SELECT COUNT(*) FROM t"), 701); /* its WAL file again */
+    assert_int_equal(query_int(f->other, "SELECT COUNT(*) FROM t"), 701);
+    assert_intact(f->other);
+    assert_int_equal(sqlite3_close(second), SQLITE_OK);
+}
+
 /* A process that commits and dies at once, without a sync at commit
  * (synchronous=NORMAL) and with pages written twice in the transaction (a
  * small cache spills them, so SQLite writes them again in place and then
@@ -283,6 +308,8 @@ int main(void)
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_large_commit, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_spill_and_rollback, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_rollback_then_another_commits, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_commit_survives_exit, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_refused_write, fixture_setup, fixture_teardown),
