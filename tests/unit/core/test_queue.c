@@ -1250,6 +1250,20 @@ static void *wal_writer_run(void *arg)
     return NULL;
 }
 
+/* The WAL header's checkpoint sequence number: one more each time the log
+ * starts over. */
+static uint32_t wal_sequence(const struct fixture *f)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s-wal", f->path);
+    unsigned char h[16] = {0};
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    assert_int_equal(fread(h, 1, sizeof(h), fp), sizeof(h));
+    fclose(fp);
+    return (uint32_t)h[12] << 24 | (uint32_t)h[13] << 16 | (uint32_t)h[14] << 8 | h[15];
+}
+
 static int64_t wal_bytes(const struct fixture *f)
 {
     char path[128];
@@ -1309,19 +1323,25 @@ static void test_wal_starts_over(void **state)
         assert_true(time(NULL) < deadline);
         sched_yield();
     }
+    uint32_t sequence = wal_sequence(f);
     int restart_at = QUEUE_CHECKPOINT_RESTART_PAGES;
     assert_int_equal(queue_checkpoint(ckpt, NULL, &restart_at), SQLITE_OK);
     assert_int_equal(restart_at, QUEUE_CHECKPOINT_RESTART_PAGES);
-    /* exactly two more, however slowly this thread is scheduled */
+    /* two more at least: however long this thread waits for a CPU here, the
+     * writer goes on meanwhile (on a loaded machine, hundreds of commits) */
     atomic_store(&w.last, atomic_load(&w.commits) + 2);
     assert_int_equal(pthread_join(thread, NULL), 0);
 
+    /* it started over, once, and was cut back to the limit then: it holds
+     * what came after and no more */
+    assert_int_equal(wal_sequence(f), sequence + 1);
     int log_frames = -1, copied = -1;
     assert_int_equal(sqlite3_wal_checkpoint_v2(ckpt, NULL, SQLITE_CHECKPOINT_PASSIVE,
                                                &log_frames, &copied),
                      SQLITE_OK);
-    assert_in_range(log_frames, 1, QUEUE_CHECKPOINT_RESTART_PAGES - 1);
-    assert_true(wal_bytes(f) <= limit);
+    assert_true(log_frames >= 1);
+    int64_t frames_bytes = 32 + (int64_t)log_frames * (24 + 4096);
+    assert_true(wal_bytes(f) <= (frames_bytes > limit ? frames_bytes : limit));
     sqlite3_close(ckpt);
 }
 
