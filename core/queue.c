@@ -667,8 +667,8 @@ static int queue_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pag
     (void)db;
     (void)name;
     struct queue *q = arg;
-    if (pages < QUEUE_CHECKPOINT_PAGES)
-        return SQLITE_OK;
+    /* every commit, short ones too: one that follows a start over must
+     * reset the base (see queue_checkpoint_due) */
     pthread_mutex_lock(&q->lock);
     if (queue_checkpoint_due(pages, &q->ckpt_base)) {
         q->is_ckpt_wanted = true;
