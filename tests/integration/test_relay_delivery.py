@@ -352,6 +352,13 @@ class RelayBacklog(harness.SmarthostCase):
                            timeout=world_wait)
         self.assertEqual(sorted(m["rcpts"][0] for m in peer.messages),
                          sorted(f"r{i}@bulk.test" for i in range(count)))
+        # and once each: every outcome written (scans ran ahead of outcome groups
+        # still gathering, and must not have taken their messages again)
+        def all_done():
+            rows = json.loads(sh.ctl("queue", "list", "--json").stdout)
+            return all(r["state"] == "done" for r in rows)
+        harness.wait_until(all_done, "every outcome recorded")
+        self.assertEqual(len(peer.messages), count)
 
 
 if __name__ == "__main__":
