@@ -178,17 +178,29 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
     if (rc != SQLITE_OK)
         return queue_store_fail(s, st, rc, "due messages");
     sqlite3_bind_int64(st, 1, now);
-    struct queue_due *due = calloc(max, sizeof(*due));
-    if (due == NULL) {
-        store_done(s, st);
-        return -ENOMEM;
-    }
-    size_t n = 0;
+    /* grown as rows come: a scan usually finds a few messages, and max of
+     * them (over 1 KiB each) zeroed every time cost more than the reads */
+    struct queue_due *due = NULL;
+    size_t n = 0, cap = 0;
     while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t id = sqlite3_column_int64(st, 0);
         if (skip != NULL && skip(id, arg))
             continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            if (ncap > max)
+                ncap = max;
+            struct queue_due *g = realloc(due, ncap * sizeof(*g));
+            if (g == NULL) {
+                queue_due_free(due, n);
+                store_done(s, st);
+                return -ENOMEM;
+            }
+            due = g;
+            cap = ncap;
+        }
         struct queue_due *d = &due[n];
+        memset(d, 0, sizeof(*d));
         d->id = id;
         queue_copy_text(d->qid, sizeof(d->qid), st, 1);
         d->created_at = sqlite3_column_int64(st, 2);
