@@ -29,6 +29,7 @@ struct tls_conn {
     void *owner;
     bool is_established;
     bool is_failed;
+    bool is_ticket_due; /* TLS 1.3: the session ticket goes out with our first record */
     /* ciphertext received, not yet pulled by GnuTLS */
     uint8_t *in;
     size_t in_len, in_off, in_cap;
@@ -185,7 +186,10 @@ struct tls_conn *tls_conn_new(struct tls_server_ctx *ctx, size_t listener_index,
     struct tls_conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    if (gnutls_init(&c->session, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL) < 0) {
+    /* A TLS 1.3 ticket would leave as a write of its own between the handshake
+     * and our first reply: tls_conn_send sends it with that reply instead. */
+    if (gnutls_init(&c->session, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL |
+                                     GNUTLS_NO_AUTO_SEND_TICKET) < 0) {
         free(c);
         return NULL;
     }
@@ -275,6 +279,7 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
             return -1;
         }
         c->is_established = true;
+        c->is_ticket_due = gnutls_protocol_get_version(c->session) == GNUTLS_TLS1_3;
         tls_record_names(c);
         c->ops->handshake_done(c->owner, true, NULL);
     }
@@ -308,6 +313,12 @@ int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     if (!c->is_established || c->is_failed)
         return -1;
+    if (c->is_ticket_due) {
+        c->is_ticket_due = false;
+        int r = gnutls_session_ticket_send(c->session, 1, 0);
+        if (r < 0) /* the client cannot resume: the session itself is fine */
+            log_debug(NULL, "tls: no session ticket sent: %s", gnutls_strerror(r));
+    }
     while (len > 0) {
         ssize_t n = gnutls_record_send(c->session, data, len);
         if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)

@@ -191,18 +191,22 @@ class Client:
     the exact dialogue."""
 
     def __init__(self, port, host="127.0.0.1", source=None, context=None, implicit=False,
-                 server_hostname="localhost", timeout=IO_TIMEOUT, greeting=True):
-        """context: the client TLS context, used at once when implicit, else by starttls()."""
+                 server_hostname="localhost", timeout=IO_TIMEOUT, greeting=True,
+                 tls_session=None):
+        """context: the client TLS context, used at once when implicit, else by starttls();
+        tls_session: an earlier connection's ssl.SSLSession to resume."""
         self.transcript = []
         self.buf = b""
         self.tls_context = context
+        self.tls_session = tls_session
         self.server_hostname = server_hostname
         src = (source, 0) if source else None
         self.sock = socket.create_connection((host, port), timeout=timeout, source_address=src)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.note(f"connect {host}:{port}" + (f" from {source}" if source else ""))
         if implicit:
-            self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+            self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname,
+                                            session=tls_session)
             self.note(f"tls {self.sock.version()} {self.sock.cipher()[0]}")
         self.greeting = self.reply() if greeting else None
 
@@ -315,7 +319,8 @@ class Client:
         if self.buf:
             self.fail(f"plaintext bytes after the 220 to STARTTLS: {self.buf!r}")
         try:
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_hostname)
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_hostname,
+                                        session=self.tls_session)
         except (ssl.SSLError, OSError) as e:
             self.fail(f"TLS handshake after STARTTLS failed: {e!r}")
         self.note(f"tls {self.sock.version()} {self.sock.cipher()[0]}")

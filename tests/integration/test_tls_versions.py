@@ -123,6 +123,40 @@ class TlsVersions(SmarthostCase):
                     self.require_client(name)
                     self.submit_with(listener, name, self.ctx(version, legacy=True))
 
+    def test_session_resumption(self):
+        """A client that keeps the session of one connection resumes it on the next (no
+        second full handshake), at TLS 1.3 (the ticket goes out with the first reply after
+        the handshake) and TLS 1.2, on both kinds of listener; the resumed session
+        submits like any other."""
+        for name, version in NEW.items():
+            for listener in ("submissions", "submission"):
+                with self.subTest(version=name, listener=listener):
+                    ctx = self.ctx(version)
+                    first = self.connect(self.sh, listener, context=ctx)
+                    if self.sh.modes[listener] == "starttls":
+                        first.ehlo()
+                        first.starttls(ctx)
+                    first.ehlo()  # reading the reply reads a TLS 1.3 ticket before it
+                    self.assertFalse(first.sock.session_reused)
+                    session = first.sock.session
+                    self.assertTrue(session.has_ticket, f"no session ticket at {name}")
+                    first.quit()
+
+                    again = self.connect(self.sh, listener, context=ctx, tls_session=session)
+                    if self.sh.modes[listener] == "starttls":
+                        again.ehlo()
+                        again.starttls(ctx)
+                    self.assertTrue(again.sock.session_reused,
+                                    f"{name} on {listener}: full handshake again")
+                    self.assertEqual(again.tls_version(), name)
+                    again.ehlo()
+                    again.expect(again.auth_plain("alice", self.sh.users["alice"]), 235, "2.7.0")
+                    qid = again.submit("alice@example.test", ["resumed@example.test"],
+                                       make_message(f"resumed {name} on {listener}"))
+                    again.quit()
+                    self.assert_received(self.sh, self.sh.message(qid), qid, "alice",
+                                         tls=RECEIVED_NAME[name])
+
     def test_new_versions_everywhere(self):
         for name, version in NEW.items():
             for listener in ("submissions", "submission", "legacy", "legacy587"):
