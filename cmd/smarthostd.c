@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -194,6 +195,16 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+
+    /* glibc gives the free top of a thread's heap back past 128 KiB, and the
+     * next allocations fault it in again: SQLite frees a connection's page
+     * cache whenever another connection has committed, so under load every
+     * database thread trimmed and refaulted its heap (madvise, a TLB shootdown
+     * across cores, page faults) many times a second. Keep up to 2 MiB free
+     * per heap; this also fixes the mmap threshold (glibc stops moving it once
+     * either is set) at 1 MiB. */
+    mallopt(M_TRIM_THRESHOLD, 2 << 20);
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
     char err[1024];
     struct config *cfg = NULL;
