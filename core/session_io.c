@@ -173,14 +173,17 @@ static void conn_write_raw(struct conn *c, const uint8_t *data, size_t len)
     }
 }
 
-static void conn_flush(struct conn *c)
+/* is_last: the connection closes next; TLS then sends its close_notify in
+ * the same write as the last reply. */
+static void conn_flush(struct conn *c, bool is_last)
 {
     size_t len;
     const uint8_t *out = smtp_session_output(c->engine, &len);
     if (len == 0)
         return;
     if (c->tls != NULL && tls_conn_is_established(c->tls)) {
-        if (tls_conn_send(c->tls, out, len) < 0)
+        int r = is_last ? tls_conn_send_last(c->tls, out, len) : tls_conn_send(c->tls, out, len);
+        if (r < 0)
             conn_close(c);
     } else {
         conn_write_raw(c, out, len);
@@ -217,7 +220,7 @@ void conn_force_close(struct conn *c)
     if (c->is_closing)
         return;
     smtp_session_close(c->engine, SESSION_CLOSE_SHUTDOWN);
-    conn_flush(c);
+    conn_flush(c, true);
     conn_close(c);
 }
 
@@ -266,7 +269,7 @@ static void conn_on_timer(uv_timer_t *t)
     log_info(c->id, "%s client=[%s] state=%s", is_total ? "session time limit" : "idle timeout",
              c->ip, smtp_session_state_name(smtp_session_state(c->engine)));
     smtp_session_close(c->engine, is_total ? SESSION_CLOSE_TIMEOUT : SESSION_CLOSE_IDLE);
-    conn_flush(c);
+    conn_flush(c, true);
     conn_close(c);
 }
 
@@ -514,7 +517,7 @@ static void conn_drive(struct conn *c)
 {
     while (!c->is_closing) {
         enum session_request req = smtp_session_run(c->engine);
-        conn_flush(c);
+        conn_flush(c, req == SESSION_REQ_CLOSE);
         if (c->is_closing)
             return;
         switch (req) {

@@ -30,6 +30,7 @@ struct tls_conn {
     bool is_established;
     bool is_failed;
     bool is_ticket_due; /* TLS 1.3: the session ticket goes out with our first record */
+    bool is_bye_sent;
     /* ciphertext received, not yet pulled by GnuTLS */
     uint8_t *in;
     size_t in_len, in_off, in_cap;
@@ -309,9 +310,10 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
     return 0;
 }
 
-int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len)
+/* Records for data into c->out, not yet flushed. */
+static int tls_send_records(struct tls_conn *c, const uint8_t *data, size_t len)
 {
-    if (!c->is_established || c->is_failed)
+    if (!c->is_established || c->is_failed || c->is_bye_sent)
         return -1;
     if (c->is_ticket_due) {
         c->is_ticket_due = false;
@@ -331,16 +333,38 @@ int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len)
         data += n;
         len -= (size_t)n;
     }
+    return 0;
+}
+
+int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+    if (tls_send_records(c, data, len) < 0)
+        return -1;
+    tls_flush(c);
+    return 0;
+}
+
+static void tls_send_bye(struct tls_conn *c)
+{
+    if (c->is_established && !c->is_failed && !c->is_bye_sent) {
+        c->is_bye_sent = true;
+        gnutls_bye(c->session, GNUTLS_SHUT_WR);
+    }
+}
+
+int tls_conn_send_last(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+    if (tls_send_records(c, data, len) < 0)
+        return -1;
+    tls_send_bye(c);
     tls_flush(c);
     return 0;
 }
 
 void tls_conn_bye(struct tls_conn *c)
 {
-    if (c->is_established && !c->is_failed) {
-        gnutls_bye(c->session, GNUTLS_SHUT_WR);
-        tls_flush(c);
-    }
+    tls_send_bye(c);
+    tls_flush(c);
 }
 
 bool tls_conn_is_established(const struct tls_conn *c)

@@ -53,7 +53,10 @@ void tls_conn_start(struct tls_conn *c);
 int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
 /* Encrypt and write application data. Returns 0 or -1. */
 int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len);
-/* Send close_notify (best effort). */
+/* tls_conn_send, then close_notify, in one write: the last reply (221, 421)
+ * and the end of the session reach the client in one segment. */
+int tls_conn_send_last(struct tls_conn *c, const uint8_t *data, size_t len);
+/* Send close_notify (best effort; once). */
 void tls_conn_bye(struct tls_conn *c);
 
 bool tls_conn_is_established(const struct tls_conn *c);

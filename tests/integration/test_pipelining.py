@@ -20,6 +20,7 @@ class HalfClosingTls:
 
     def __init__(self, sock, context, server_hostname):
         self.sock = sock
+        self.saw_close_notify = False
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing,
                                     server_hostname=server_hostname)
@@ -60,13 +61,17 @@ class HalfClosingTls:
     def recv(self, n):
         while True:
             try:
-                return self.tls.read(n)
+                data = self.tls.read(n)
+                if not data:  # Python reads the server's close_notify as b""
+                    self.saw_close_notify = True
+                return data
             except ssl.SSLWantReadError:
                 data = self.sock.recv(65536)
                 if not data:
                     return b""
                 self.incoming.write(data)
             except ssl.SSLZeroReturnError:  # the server's close_notify
+                self.saw_close_notify = True
                 return b""
 
     def settimeout(self, timeout):
@@ -162,6 +167,14 @@ class Pipelining(SmarthostCase):
         the same burst; the socket stays open for the replies."""
         c.note("close_notify")
         c.sock.close_notify()
+
+    def test_quit_ends_tls_with_close_notify(self):
+        """After 221 the server ends TLS properly: its close_notify (sent with the 221)
+        comes before the TCP end, so the client sees a clean end, not a truncation."""
+        c = self.half_closing_session()
+        c.cmd("QUIT", 221, "2.0.0")
+        self.assertEqual(c.read_until_closed(), [])
+        self.assertTrue(c.sock.saw_close_notify, f"no close_notify after 221:\n{c.dialogue()}")
 
     def test_end_of_input_during_the_commit(self):
         """The message, QUIT and the client's FIN arrive while the message is being
