@@ -115,8 +115,20 @@ class AccountsPolicy(harness.SmarthostCase):
         s.rset()
 
     def test_cached_logins_follow_password_disable_and_delete(self):
+        global PW
         for _ in range(3):  # the second and third logins come from the cache
             self.smtp().quit()
+        s = smtplib.SMTP("127.0.0.1", self.sh.ports["submission"], timeout=harness.IO_TIMEOUT)
+        self.addCleanup(s.close)
+        s.starttls(context=self.sh.client_context())
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            s.login(self.name, PW + "x")  # a wrong password never passes for a cached one
+        s.close()
+        self.ctl("user", "set", self.name, "--networks", "192.0.2.0/24")
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            self.smtp()  # outside the account's networks now, cached or not
+        self.ctl("user", "set", self.name, "--networks", "127.0.0.0/8, ::1/128")
+        self.smtp().quit()
         self.sh.ctl("user", "passwd", self.name, "--password-stdin", input="new-Secret-8\n")
         with self.assertRaises(smtplib.SMTPAuthenticationError):
             self.smtp()  # the old password, verified a moment ago, no longer works
@@ -125,7 +137,6 @@ class AccountsPolicy(harness.SmarthostCase):
         s.starttls(context=self.sh.client_context())
         s.login(self.name, "new-Secret-8")
         s.quit()
-        global PW
         old, PW = PW, "new-Secret-8"
         try:
             self.smtp().quit()
