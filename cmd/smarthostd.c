@@ -200,11 +200,13 @@ int main(int argc, char **argv)
      * next allocations fault it in again: SQLite frees a connection's page
      * cache whenever another connection has committed, so under load every
      * database thread trimmed and refaulted its heap (madvise, a TLB shootdown
-     * across cores, page faults) many times a second. Keep up to 2 MiB free
-     * per heap; this also fixes the mmap threshold (glibc stops moving it once
-     * either is set) at 1 MiB. */
-    mallopt(M_TRIM_THRESHOLD, 2 << 20);
-    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+     * across cores, page faults) many times a second. Keep up to 8 MiB free
+     * per heap. Setting it stops glibc from moving the mmap threshold, so fix
+     * that too, at 4 MiB: a 1 MB message's buffers (up to 2 MiB as they grow)
+     * come from the heap, not from a fresh mmap each time. glibc's own
+     * adaptive limits go up to 32 and 64 MiB. */
+    mallopt(M_TRIM_THRESHOLD, 8 << 20);
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
 
     char err[1024];
     struct config *cfg = NULL;
