@@ -185,6 +185,8 @@ static void conn_flush(struct conn *c, bool is_last)
         int r = is_last ? tls_conn_send_last(c->tls, out, len) : tls_conn_send(c->tls, out, len);
         if (r < 0)
             conn_close(c);
+    } else if (c->tls != NULL) {
+        /* mid-handshake (a timeout's 421): no plaintext into a TLS stream */
     } else {
         conn_write_raw(c, out, len);
     }
@@ -249,6 +251,7 @@ static void conn_timer_arm(struct conn *c)
 static void conn_deliver_auth(struct conn *c)
 {
     c->is_input_held = false;
+    conn_timer_arm(c); /* stopped while the worker ran: a client silent after it is idle */
     smtp_session_auth_done(c->engine, &c->auth_outcome);
     explicit_bzero(&c->auth_outcome, sizeof(c->auth_outcome));
     conn_drive(c);

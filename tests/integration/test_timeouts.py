@@ -26,6 +26,37 @@ class Timeouts(SmarthostCase):
         self.assertEqual(c.read_until_closed(), [])
         self.assertEqual(sh.queue(), [])
 
+    def test_idle_after_auth(self):
+        """AUTH runs on a worker thread (a first login, a wrong password): a client that
+        falls silent after the answer is still idle, and is closed like any other."""
+        sh = self.start_smarthost(config={"limits": {"idle_timeout": "1s"}})
+        for password in (sh.users["alice"], "wrong"):
+            with self.subTest(right=password != "wrong"):
+                c = self.connect(sh)
+                c.ehlo()
+                c.starttls()
+                c.ehlo()
+                r = c.auth_plain("alice", password)
+                c.expect(r, 235 if password != "wrong" else 535)
+                c.expect(c.reply(), 421, "4.4.2")
+                self.assertEqual(c.read_until_closed(), [])
+
+    def test_idle_during_the_tls_handshake(self):
+        """A client silent after 220 to STARTTLS is closed, with no plaintext 421 thrown
+        into what is by then a TLS stream."""
+        sh = self.start_smarthost(config={"limits": {"idle_timeout": "1s"}})
+        c = self.connect(sh)
+        c.ehlo()
+        c.cmd("STARTTLS", 220, "2.0.0")
+        c.sock.settimeout(harness.IO_TIMEOUT)
+        rest = b""
+        while True:
+            chunk = c.sock.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+        self.assertEqual(rest, b"", "bytes after 220 to STARTTLS, before any ClientHello")
+
     def test_session_time_limit(self):
         sh = self.start_smarthost(config={"limits": {"idle_timeout": "1h",
                                                      "session_timeout": "10s"}})
