@@ -238,10 +238,19 @@ int queue_store_due(struct queue_store *s, int64_t now, size_t max,
             queue_due_free(due, n);
             return rc;
         }
-        if (due[i].rcpt_count > 0)
-            due[kept++] = due[i];
-        else
-            free(due[i].rcpts); /* raced with another writer: nothing due after all */
+        /* a slot moved down or dropped keeps no pointer: the error path
+         * above frees every slot's recipients */
+        if (due[i].rcpt_count == 0) { /* raced with another writer: nothing due after all */
+            free(due[i].rcpts);
+            due[i].rcpts = NULL;
+            continue;
+        }
+        if (kept != i) {
+            due[kept] = due[i];
+            due[i].rcpts = NULL;
+            due[i].rcpt_count = 0;
+        }
+        kept++;
     }
     *out = due;
     *count = kept;
