@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "auth/authcache.h"
 #include "auth/store.h"
@@ -114,6 +115,13 @@ static void auth_slot_key_create(void)
     auth_slot_key_ok = pthread_key_create(&auth_slot_key, auth_slot_on_thread_exit) == 0;
 }
 
+static uint64_t auth_monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* This thread's store, opened (and migrated) on first use. NULL on error. */
 static struct store *auth_store_get(void)
 {
@@ -133,10 +141,23 @@ static struct store *auth_store_get(void)
     if (slot->st != NULL)
         return slot->st;
     struct store *st = NULL;
-    /* a loop thread's connection (cached-only checks) never waits for a lock */
-    unsigned busy_ms = auth_is_cached_only ? 0 : auth_global.busy_timeout_ms;
-    if (store_open(auth_global.db_path, busy_ms, &st) != STORE_OK)
+    if (auth_is_cached_only) {
+        /* A loop thread's connection never waits for a lock, and a failure
+         * to open it says nothing (the worker's attempt that follows does)
+         * and is not tried again for a second: the open reads the schema. */
+        static _Thread_local uint64_t failed_at_ms;
+        uint64_t now = auth_monotonic_ms();
+        if (failed_at_ms != 0 && now - failed_at_ms < 1000)
+            return NULL;
+        char err[256];
+        if (store_open_err(auth_global.db_path, 0, &st, err, sizeof(err)) != STORE_OK) {
+            failed_at_ms = now != 0 ? now : 1;
+            return NULL;
+        }
+        failed_at_ms = 0;
+    } else if (store_open(auth_global.db_path, auth_global.busy_timeout_ms, &st) != STORE_OK) {
         return NULL; /* store_open logged why */
+    }
     pthread_mutex_lock(&auth_global.mutex);
     slot->st = st;
     if (!slot->is_listed) {

@@ -334,9 +334,11 @@ int store_open_err(const char *path, unsigned busy_timeout_ms, struct store **ou
         }
     }
     if (status != STORE_OK) {
-        log_err(NULL, "cannot open the account store path=%s error=\"%s\"", path, st->errmsg);
-        if (err != NULL && err_size > 0)
+        if (err != NULL && err_size > 0) /* the caller reports it */
             snprintf(err, err_size, "%s", st->errmsg);
+        else
+            log_err(NULL, "cannot open the account store path=%s error=\"%s\"", path,
+                    st->errmsg);
         store_close(st);
         return status;
     }

@@ -48,10 +48,11 @@ struct account {
 struct store;
 
 /* Open (creating and migrating when needed) the database at path, WAL mode,
- * busy timeout busy_timeout_ms. Caller frees with store_close. */
+ * busy timeout busy_timeout_ms. Caller frees with store_close. A failure is
+ * logged. */
 int store_open(const char *path, unsigned busy_timeout_ms, struct store **out);
-/* Added: store_open that, on failure, also writes the reason (SQLite's
- * message or ours) into err (err_size bytes), for smarthostctl. */
+/* store_open that, on failure, writes the reason (SQLite's message or ours)
+ * into err (err_size bytes) instead of logging it: the caller reports it. */
 int store_open_err(const char *path, unsigned busy_timeout_ms, struct store **out, char *err,
                    size_t err_size);
 void store_close(struct store *st);
