@@ -17,9 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
-#include "auth/authcache.h"
 #include "auth/store.h"
 #include "core/log.h"
 
@@ -40,13 +38,7 @@ enum auth_check {
     AUTH_CHECK_BAD,      /* wrong password, unknown or disabled account */
     AUTH_CHECK_LOCKED,   /* IP or account locked: nothing was hashed */
     AUTH_CHECK_TEMPFAIL, /* the store failed */
-    AUTH_CHECK_SLOW,     /* cached only: the password needs the hash (or the store was busy) */
 };
-
-/* Set by auth_session_try_cached around its exchange, on its (loop) thread:
- * the checkpass callback then never hashes nor waits for the database, and
- * an exchange that cannot succeed that way leaves no trace at all. */
-static _Thread_local bool auth_is_cached_only;
 
 struct auth_session {
     sasl_conn_t *conn; /* NULL between exchanges */
@@ -115,13 +107,6 @@ static void auth_slot_key_create(void)
     auth_slot_key_ok = pthread_key_create(&auth_slot_key, auth_slot_on_thread_exit) == 0;
 }
 
-static uint64_t auth_monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* This thread's store, opened (and migrated) on first use. NULL on error. */
 static struct store *auth_store_get(void)
 {
@@ -141,23 +126,8 @@ static struct store *auth_store_get(void)
     if (slot->st != NULL)
         return slot->st;
     struct store *st = NULL;
-    if (auth_is_cached_only) {
-        /* A loop thread's connection never waits for a lock, and a failure
-         * to open it says nothing (the worker's attempt that follows does)
-         * and is not tried again for a second: the open reads the schema. */
-        static _Thread_local uint64_t failed_at_ms;
-        uint64_t now = auth_monotonic_ms();
-        if (failed_at_ms != 0 && now - failed_at_ms < 1000)
-            return NULL;
-        char err[256];
-        if (store_open_err(auth_global.db_path, 0, &st, err, sizeof(err)) != STORE_OK) {
-            failed_at_ms = now != 0 ? now : 1;
-            return NULL;
-        }
-        failed_at_ms = 0;
-    } else if (store_open(auth_global.db_path, auth_global.busy_timeout_ms, &st) != STORE_OK) {
+    if (store_open(auth_global.db_path, auth_global.busy_timeout_ms, &st) != STORE_OK)
         return NULL; /* store_open logged why */
-    }
     pthread_mutex_lock(&auth_global.mutex);
     slot->st = st;
     if (!slot->is_listed) {
@@ -327,25 +297,6 @@ static int auth_on_sasl_log(void *context, int level, const char *message)
     return SASL_OK;
 }
 
-/* The checkpass of auth_session_try_cached: succeeds only as the full check
- * would, without hashing; anything else is left to the full check. */
-static int auth_checkpass_cached(struct auth_session *as, struct store *st, const char *user,
-                                 const char *pass, unsigned pass_len)
-{
-    char password[STORE_PASSWORD_MAX + 1];
-    memcpy(password, pass, pass_len);
-    password[pass_len] = '\0';
-    bool is_match = store_verify_password_cached(st, user, password);
-    explicit_bzero(password, sizeof(password));
-    if (is_match && store_policy_load(st, user, &as->policy) == STORE_OK &&
-        policy_network_allowed(as->policy.networks, as->remote_ip)) {
-        as->check = AUTH_CHECK_OK;
-        return SASL_OK;
-    }
-    as->check = AUTH_CHECK_SLOW;
-    return SASL_BADAUTH;
-}
-
 /* The password check, called by the PLAIN and LOGIN plugins once they have
  * the (canonical) user name and the password. */
 static int auth_on_checkpass(sasl_conn_t *conn, void *context, const char *user, const char *pass,
@@ -369,11 +320,9 @@ static int auth_on_checkpass(sasl_conn_t *conn, void *context, const char *user,
     }
     struct store *st = auth_store_get();
     if (st == NULL) {
-        as->check = auth_is_cached_only ? AUTH_CHECK_SLOW : AUTH_CHECK_TEMPFAIL;
+        as->check = AUTH_CHECK_TEMPFAIL;
         return SASL_UNAVAIL;
     }
-    if (auth_is_cached_only)
-        return auth_checkpass_cached(as, st, user, pass, pass_len);
     char password[STORE_PASSWORD_MAX + 1];
     memcpy(password, pass, pass_len);
     password[pass_len] = '\0';
@@ -749,10 +698,6 @@ static void auth_response_free(uint8_t *buf, size_t len)
 /* A failed attempt: count it and tell the caller how long to wait. */
 static void auth_outcome_fail(struct auth_session *as, struct auth_outcome *out)
 {
-    if (auth_is_cached_only) { /* counted by the full exchange that follows */
-        out->result = AUTH_TEMPFAIL;
-        return;
-    }
     out->result = AUTH_FAIL;
     snprintf(out->user, sizeof(out->user), "%s", as->user);
     out->delay_ms = throttle_record_failure(auth_global.throttle, as->remote_ip,
@@ -765,11 +710,6 @@ static void auth_outcome_fail(struct auth_session *as, struct auth_outcome *out)
 static void auth_session_finish(struct auth_session *as, int r, const char *server_out,
                                 unsigned server_out_len, bool is_start, struct auth_outcome *out)
 {
-    if (auth_is_cached_only && !(r == SASL_OK && as->check == AUTH_CHECK_OK)) {
-        out->result = AUTH_TEMPFAIL; /* not an answer: auth_session_try_cached says false */
-        auth_session_reset(as);
-        return;
-    }
     if (r == SASL_CONTINUE) {
         if (auth_b64_encode((const uint8_t *)server_out, server_out != NULL ? server_out_len : 0,
                             out->challenge, sizeof(out->challenge)) == 0) {
@@ -873,21 +813,6 @@ void auth_session_start(struct auth_session *as, const char *mech, const char *i
                               &server_out, &server_out_len);
     auth_response_free(clientin, clientin_len);
     auth_session_finish(as, r, server_out, server_out_len, true, out);
-}
-
-bool auth_session_try_cached(struct auth_session *as, const char *mech, const char *initial,
-                             uint64_t now_ms, struct auth_outcome *out)
-{
-    if (mech == NULL || strcasecmp(mech, "PLAIN") != 0 || initial == NULL ||
-        strcmp(initial, "=") == 0 || !authcache_is_enabled())
-        return false;
-    auth_is_cached_only = true;
-    auth_session_start(as, mech, initial, now_ms, out);
-    auth_is_cached_only = false;
-    if (out->result == AUTH_OK)
-        return true;
-    explicit_bzero(out, sizeof(*out));
-    return false;
 }
 
 void auth_session_step(struct auth_session *as, const char *response, uint64_t now_ms,

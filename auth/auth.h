@@ -4,10 +4,9 @@
  * store; lockouts (throttle.h) are consulted before any hash is computed.
  *
  * Blocking (the checkpass step runs yescrypt and SQLite): call start/step on
- * a worker thread, never on a loop thread (auth_session_try_cached is the
- * exception). An auth_session is used by one thread at a time. Base64 is
- * handled here: the caller passes the client's text as received and sends
- * back the challenge text as given. */
+ * a worker thread, never on a loop thread. An auth_session is used by one
+ * thread at a time. Base64 is handled here: the caller passes the client's
+ * text as received and sends back the challenge text as given. */
 #ifndef SMARTHOST_AUTH_H
 #define SMARTHOST_AUTH_H
 
@@ -58,17 +57,6 @@ void auth_session_free(struct auth_session *as);
  * initial response (RFC 4954 §4). */
 void auth_session_start(struct auth_session *as, const char *mech, const char *initial,
                         uint64_t now_ms, struct auth_outcome *out);
-/* The same exchange as auth_session_start, for the one case that needs no
- * hash: AUTH PLAIN with an initial response whose password the credential
- * cache (authcache.h) verified for the account's current stored hash, the
- * account enabled and the client inside its networks. Never hashes and never
- * waits for the database (this thread's store connection has no busy
- * timeout), so a loop thread may call it. true: *out is the AUTH_OK outcome,
- * as auth_session_start gives it (the throttle counts the success too).
- * false: nothing happened (no failure counted, *out cleared): run
- * auth_session_start on a worker as usual. */
-bool auth_session_try_cached(struct auth_session *as, const char *mech, const char *initial,
-                             uint64_t now_ms, struct auth_outcome *out);
 /* A continuation line from the client (not "*": the caller handles cancel). */
 void auth_session_step(struct auth_session *as, const char *response, uint64_t now_ms,
                        struct auth_outcome *out);

@@ -99,14 +99,6 @@ static bool authcache_equal(const uint8_t *a, const uint8_t *b, size_t n)
     return d == 0;
 }
 
-bool authcache_is_enabled(void)
-{
-    pthread_mutex_lock(&authcache.lock);
-    bool is_enabled = authcache.sets > 0;
-    pthread_mutex_unlock(&authcache.lock);
-    return is_enabled;
-}
-
 bool authcache_check(const char *user, const char *stored_hash, const char *password)
 {
     if (strlen(user) >= AUTHCACHE_USER_MAX)

@@ -19,8 +19,6 @@
 int authcache_init(size_t max_entries);
 void authcache_done(void);
 
-/* false when init was given 0 entries (or failed). */
-bool authcache_is_enabled(void);
 /* true when password is the one last verified for (user, stored_hash). */
 bool authcache_check(const char *user, const char *stored_hash, const char *password);
 /* Remember a successful verification. */

@@ -561,30 +561,6 @@ int store_user_list(struct store *st, int (*cb)(const struct account *a, void *a
     return status;
 }
 
-/* The account's stored hash and whether it is enabled: SQLITE_ROW, SQLITE_DONE
- * (no such account) or an error code. */
-static int store_lookup_hash(struct store *st, const char *name, char *hash, size_t hash_size,
-                             bool *is_enabled)
-{
-    sqlite3_stmt *stmt = st->st_verify;
-    sqlite3_reset(stmt);
-    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    hash[0] = '\0';
-    *is_enabled = false;
-    if (rc == SQLITE_ROW) {
-        const unsigned char *col = sqlite3_column_text(stmt, 0);
-        snprintf(hash, hash_size, "%s", col != NULL ? (const char *)col : "");
-        *is_enabled = sqlite3_column_int(stmt, 1) != 0;
-    } else if (rc != SQLITE_DONE) {
-        store_status_from_sqlite(st, rc);
-    }
-    /* Never leave the statement holding a read transaction or name. */
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
-    return rc;
-}
-
 enum store_auth_result store_verify_password(struct store *st, const char *name,
                                              const char *password)
 {
@@ -595,9 +571,22 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
         (void)password_verify(password, STORE_DUMMY_HASH);
         return STORE_AUTH_NO_USER;
     }
-    char hash[PASSWORD_HASH_SIZE];
-    bool is_enabled;
-    int rc = store_lookup_hash(st, name, hash, sizeof(hash), &is_enabled);
+    sqlite3_stmt *stmt = st->st_verify;
+    sqlite3_reset(stmt);
+    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    char hash[PASSWORD_HASH_SIZE] = "";
+    bool is_enabled = false;
+    if (rc == SQLITE_ROW) {
+        const unsigned char *col = sqlite3_column_text(stmt, 0);
+        snprintf(hash, sizeof(hash), "%s", col != NULL ? (const char *)col : "");
+        is_enabled = sqlite3_column_int(stmt, 1) != 0;
+    } else if (rc != SQLITE_DONE) {
+        store_status_from_sqlite(st, rc);
+    }
+    /* Never leave the statement holding a read transaction or name. */
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
     if (rc == SQLITE_DONE) {
         (void)password_verify(password, STORE_DUMMY_HASH);
         return STORE_AUTH_NO_USER;
@@ -621,18 +610,6 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
     if (!is_enabled)
         return STORE_AUTH_DISABLED;
     return is_match ? STORE_AUTH_OK : STORE_AUTH_BAD_PASSWORD;
-}
-
-bool store_verify_password_cached(struct store *st, const char *name, const char *password)
-{
-    if (password == NULL || !store_name_is_valid(name))
-        return false;
-    char hash[PASSWORD_HASH_SIZE];
-    bool is_enabled;
-    bool is_match = store_lookup_hash(st, name, hash, sizeof(hash), &is_enabled) == SQLITE_ROW &&
-                    is_enabled && authcache_check(name, hash, password);
-    explicit_bzero(hash, sizeof(hash));
-    return is_match;
 }
 
 int store_policy_load(struct store *st, const char *name, struct account_policy *out)

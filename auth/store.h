@@ -76,11 +76,6 @@ int store_user_list(struct store *st, int (*cb)(const struct account *a, void *a
  * hash is still computed so timing does not reveal it. */
 enum store_auth_result store_verify_password(struct store *st, const char *name,
                                              const char *password);
-/* Never hashes: true only when the account exists, is enabled, and the
- * credential cache (authcache.h) verified exactly this password for its
- * current stored hash. false says nothing (not found, wrong, not cached, or
- * a storage error): the caller goes on to store_verify_password. */
-bool store_verify_password_cached(struct store *st, const char *name, const char *password);
 
 /* The sender policy and limits of name (auth/policy.h). Returns STORE_OK,
  * STORE_NOT_FOUND or STORE_ERROR. */

@@ -455,29 +455,6 @@ static void conn_auth_after(uv_work_t *req, int status)
     conn_deliver_auth(c);
 }
 
-/* A device reconnecting with the password verified a moment ago: answered
- * here (auth_session_try_cached: no hash, no waiting), without the round
- * trip through a worker thread. false: conn_auth_begin as usual. */
-static bool conn_auth_cached(struct conn *c)
-{
-    if (c->auth != NULL) /* an exchange under way (LOGIN) */
-        return false;
-    smtp_session_auth_args(c->engine, &c->auth_args);
-    if (!c->auth_args.is_start)
-        return false;
-    struct auth_session *as = auth_session_new(c->hostname, c->ip);
-    if (as == NULL)
-        return false;
-    bool is_done = auth_session_try_cached(as, c->auth_args.mech, c->auth_args.text,
-                                           conn_now_wall_ms(), &c->auth_outcome);
-    auth_session_free(as);
-    if (!is_done)
-        return false;
-    smtp_session_auth_done(c->engine, &c->auth_outcome);
-    explicit_bzero(&c->auth_outcome, sizeof(c->auth_outcome));
-    return true;
-}
-
 static int conn_auth_begin(struct conn *c)
 {
     smtp_session_auth_args(c->engine, &c->auth_args);
@@ -557,8 +534,6 @@ static void conn_drive(struct conn *c)
                 conn_close(c);
             return;
         case SESSION_REQ_AUTH:
-            if (conn_auth_cached(c))
-                continue;
             if (conn_auth_begin(c) < 0) {
                 struct auth_outcome o = {.result = AUTH_TEMPFAIL};
                 smtp_session_auth_done(c->engine, &o);

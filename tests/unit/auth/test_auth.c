@@ -16,7 +16,6 @@
 #include <sqlite3.h>
 
 #include "auth/auth.h"
-#include "auth/authcache.h"
 #include "auth/store.h"
 #include "auth/throttle.h"
 
@@ -113,8 +112,7 @@ static int group_setup(void **state)
     struct store *st = NULL;
     if (store_open(env.path, 1000, &st) != STORE_OK)
         return -1;
-    const char *users[] = {"alice", "bob",   "locky", "disabled",
-                           "lockip", "worker", "ghost", "cachey"};
+    const char *users[] = {"alice", "bob", "locky", "disabled", "lockip", "worker", "ghost"};
     for (size_t i = 0; i < sizeof(users) / sizeof(users[0]); i++) {
         if (store_user_add(st, users[i], PW) != STORE_OK)
             return -1;
@@ -530,71 +528,6 @@ static void test_missing_plugins_fail_init(void **state)
     rmdir(dir);
 }
 
-/* ---- the cached-only exchange (loop threads) --------------------------- */
-
-static bool plain_cached(struct auth_session *as, const char *user, const char *password,
-                         uint64_t now, struct auth_outcome *out)
-{
-    char msg[256];
-    plain_message("", user, password, msg, sizeof(msg));
-    return auth_session_try_cached(as, "PLAIN", msg, now, out);
-}
-
-static void test_cached_only(void **state)
-{
-    const char *ip = "192.0.2.60";
-    struct auth_session *as = auth_session_new("mx.test", ip);
-    assert_non_null(as);
-    struct auth_outcome o;
-    /* the cache off: never */
-    assert_false(plain_cached(as, "cachey", PW, 5000, &o));
-    assert_int_equal(authcache_init(64), 0);
-    /* nothing verified yet, then wrong passwords, more than lock an account
-     * or the address: none of it answered, none of it counted */
-    assert_false(plain_cached(as, "cachey", PW, 5001, &o));
-    char oversized[2001];
-    memset(oversized, 'A', 2000);
-    oversized[2000] = '\0';
-    for (int i = 0; i < 6; i++) {
-        assert_false(plain_cached(as, "cachey", "guess", 5002 + (uint64_t)i, &o));
-        assert_false(auth_session_try_cached(as, "PLAIN", oversized, 5002 + (uint64_t)i, &o));
-    }
-    assert_string_equal(o.user, ""); /* the outcome is cleared */
-    assert_int_equal(plain_auth(ip, "cachey", PW, 5010, &o), AUTH_OK);
-    /* verified a moment ago: answered without a hash, as the full exchange would */
-    assert_true(plain_cached(as, "cachey", PW, 5011, &o));
-    assert_int_equal(o.result, AUTH_OK);
-    assert_string_equal(o.user, "cachey");
-    assert_int_equal(o.max_size, -1);
-    /* a wrong password, another account's, an empty one: not from the cache */
-    assert_false(plain_cached(as, "cachey", "correct horse!", 5012, &o));
-    assert_false(plain_cached(as, "alice", PW, 5013, &o));
-    assert_false(plain_cached(as, "cachey", "", 5014, &o));
-    /* only PLAIN with an initial response */
-    char msg[256];
-    text_b64("cachey", msg, sizeof(msg));
-    assert_false(auth_session_try_cached(as, "LOGIN", msg, 5015, &o));
-    assert_false(auth_session_try_cached(as, "PLAIN", NULL, 5016, &o));
-    assert_false(auth_session_try_cached(as, "PLAIN", "=", 5017, &o));
-    assert_false(auth_session_try_cached(as, "PLAIN", "!!!", 5018, &o));
-    plain_message("alice", "cachey", PW, msg, sizeof(msg)); /* acting as someone else */
-    assert_false(auth_session_try_cached(as, "PLAIN", msg, 5019, &o));
-    /* a password change or a disable takes effect at once */
-    struct store *st = NULL;
-    assert_int_equal(store_open(env.path, 1000, &st), STORE_OK);
-    assert_int_equal(store_user_passwd(st, "cachey", "new horse"), STORE_OK);
-    assert_false(plain_cached(as, "cachey", PW, 5020, &o));
-    assert_int_equal(plain_auth(ip, "cachey", "new horse", 5021, &o), AUTH_OK);
-    assert_true(plain_cached(as, "cachey", "new horse", 5022, &o));
-    assert_int_equal(store_user_set_enabled(st, "cachey", false), STORE_OK);
-    assert_false(plain_cached(as, "cachey", "new horse", 5023, &o));
-    store_close(st);
-    /* none of the refusals above was counted: the address is not locked */
-    assert_int_equal(plain_auth(ip, "alice", PW, 5030, &o), AUTH_OK);
-    auth_session_free(as);
-    authcache_done();
-}
-
 int main(void)
 {
     const struct CMUnitTest without_plugins[] = {
@@ -618,7 +551,6 @@ int main(void)
         cmocka_unit_test(test_oversized_response),
         cmocka_unit_test(test_concurrent_exchanges),
         cmocka_unit_test(test_storage_error_is_tempfail),
-        cmocka_unit_test(test_cached_only),
     };
     int failed = cmocka_run_group_tests_name("auth_without_plugins", without_plugins, NULL, NULL);
     failed += cmocka_run_group_tests_name("auth", tests, group_setup, group_teardown);
