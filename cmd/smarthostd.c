@@ -205,8 +205,10 @@ int main(int argc, char **argv)
      * that too, at 4 MiB: a 1 MB message's buffers (up to 2 MiB as they grow)
      * come from the heap, not from a fresh mmap each time. glibc's own
      * adaptive limits go up to 32 and 64 MiB. */
+#ifdef M_TRIM_THRESHOLD /* glibc */
     mallopt(M_TRIM_THRESHOLD, 8 << 20);
     mallopt(M_MMAP_THRESHOLD, 4 << 20);
+#endif
 
     char err[1024];
     struct config *cfg = NULL;
