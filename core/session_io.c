@@ -181,15 +181,11 @@ static void conn_flush(struct conn *c, bool is_last)
     const uint8_t *out = smtp_session_output(c->engine, &len);
     if (len == 0)
         return;
-    if (c->tls != NULL && tls_conn_is_established(c->tls)) {
-        int r = is_last ? tls_conn_send_last(c->tls, out, len) : tls_conn_send(c->tls, out, len);
-        if (r < 0)
-            conn_close(c);
-    } else if (c->tls != NULL) {
-        /* mid-handshake (a timeout's 421): no plaintext into a TLS stream */
-    } else {
+    if (c->tls == NULL)
         conn_write_raw(c, out, len);
-    }
+    else if (tls_conn_is_established(c->tls) && tls_conn_send(c->tls, out, len, is_last) < 0)
+        conn_close(c);
+    /* else mid-handshake (a timeout's 421): dropped, no plaintext into a TLS stream */
     smtp_session_output_consume(c->engine);
 }
 

@@ -310,8 +310,15 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
     return 0;
 }
 
-/* Records for data into c->out, not yet flushed. */
-static int tls_send_records(struct tls_conn *c, const uint8_t *data, size_t len)
+static void tls_send_bye(struct tls_conn *c)
+{
+    if (c->is_established && !c->is_failed && !c->is_bye_sent) {
+        c->is_bye_sent = true;
+        gnutls_bye(c->session, GNUTLS_SHUT_WR);
+    }
+}
+
+int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len, bool is_last)
 {
     if (!c->is_established || c->is_failed || c->is_bye_sent)
         return -1;
@@ -333,30 +340,8 @@ static int tls_send_records(struct tls_conn *c, const uint8_t *data, size_t len)
         data += n;
         len -= (size_t)n;
     }
-    return 0;
-}
-
-int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len)
-{
-    if (tls_send_records(c, data, len) < 0)
-        return -1;
-    tls_flush(c);
-    return 0;
-}
-
-static void tls_send_bye(struct tls_conn *c)
-{
-    if (c->is_established && !c->is_failed && !c->is_bye_sent) {
-        c->is_bye_sent = true;
-        gnutls_bye(c->session, GNUTLS_SHUT_WR);
-    }
-}
-
-int tls_conn_send_last(struct tls_conn *c, const uint8_t *data, size_t len)
-{
-    if (tls_send_records(c, data, len) < 0)
-        return -1;
-    tls_send_bye(c);
+    if (is_last)
+        tls_send_bye(c);
     tls_flush(c);
     return 0;
 }

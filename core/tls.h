@@ -51,11 +51,10 @@ void tls_conn_start(struct tls_conn *c);
  * of input); or -1 on a fatal TLS error (close the stream). */
 #define TLS_CONN_CLOSED 1
 int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
-/* Encrypt and write application data. Returns 0 or -1. */
-int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len);
-/* tls_conn_send, then close_notify, in one write: the last reply (221, 421)
- * and the end of the session reach the client in one segment. */
-int tls_conn_send_last(struct tls_conn *c, const uint8_t *data, size_t len);
+/* Encrypt and write application data. is_last: close_notify follows in the
+ * same write, so the last reply (221, 421) and the end of the session reach
+ * the client in one segment; nothing can be sent after it. Returns 0 or -1. */
+int tls_conn_send(struct tls_conn *c, const uint8_t *data, size_t len, bool is_last);
 /* Send close_notify (best effort; once). */
 void tls_conn_bye(struct tls_conn *c);
 

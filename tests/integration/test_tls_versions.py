@@ -92,19 +92,27 @@ class TlsVersions(SmarthostCase):
         finally:
             raw.close()
 
-    def submit_with(self, listener, version_name, ctx):
-        c = self.connect(self.sh, listener, context=ctx)
+    def tls_connect(self, listener, ctx, tls_session=None):
+        """TLS with the listener: from the first byte, or after EHLO and STARTTLS."""
+        c = self.connect(self.sh, listener, context=ctx, tls_session=tls_session)
         if self.sh.modes[listener] == "starttls":
             c.ehlo()
             c.starttls(ctx)
+        return c
+
+    def submit_on(self, c, version_name, rcpt, subject):
+        """On a TLS connection: AUTH, one message, QUIT; Received names the version."""
         self.assertEqual(c.tls_version(), version_name)
         c.ehlo()
         c.expect(c.auth_plain("alice", self.sh.users["alice"]), 235, "2.7.0")
-        qid = c.submit("alice@example.test", ["old@example.test"],
-                       make_message(f"{version_name} on {listener}"))
+        qid = c.submit("alice@example.test", [rcpt], make_message(subject))
         c.quit()
         self.assert_received(self.sh, self.sh.message(qid), qid, "alice",
                              tls=RECEIVED_NAME[version_name])
+
+    def submit_with(self, listener, version_name, ctx):
+        self.submit_on(self.tls_connect(listener, ctx), version_name, "old@example.test",
+                       f"{version_name} on {listener}")
 
     def test_default_priority_refuses_old_versions(self):
         for name, version in OLD.items():
@@ -132,30 +140,18 @@ class TlsVersions(SmarthostCase):
             for listener in ("submissions", "submission"):
                 with self.subTest(version=name, listener=listener):
                     ctx = self.ctx(version)
-                    first = self.connect(self.sh, listener, context=ctx)
-                    if self.sh.modes[listener] == "starttls":
-                        first.ehlo()
-                        first.starttls(ctx)
+                    first = self.tls_connect(listener, ctx)
                     first.ehlo()  # reading the reply reads a TLS 1.3 ticket before it
                     self.assertFalse(first.sock.session_reused)
                     session = first.sock.session
                     self.assertTrue(session.has_ticket, f"no session ticket at {name}")
                     first.quit()
 
-                    again = self.connect(self.sh, listener, context=ctx, tls_session=session)
-                    if self.sh.modes[listener] == "starttls":
-                        again.ehlo()
-                        again.starttls(ctx)
+                    again = self.tls_connect(listener, ctx, tls_session=session)
                     self.assertTrue(again.sock.session_reused,
                                     f"{name} on {listener}: full handshake again")
-                    self.assertEqual(again.tls_version(), name)
-                    again.ehlo()
-                    again.expect(again.auth_plain("alice", self.sh.users["alice"]), 235, "2.7.0")
-                    qid = again.submit("alice@example.test", ["resumed@example.test"],
-                                       make_message(f"resumed {name} on {listener}"))
-                    again.quit()
-                    self.assert_received(self.sh, self.sh.message(qid), qid, "alice",
-                                         tls=RECEIVED_NAME[name])
+                    self.submit_on(again, name, "resumed@example.test",
+                                   f"resumed {name} on {listener}")
 
     def test_new_versions_everywhere(self):
         for name, version in NEW.items():
