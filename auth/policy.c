@@ -339,6 +339,7 @@ int policy_charge(struct sql_cache *sql, const char *user, const struct policy_d
                   uint64_t bytes, struct policy_verdict *v)
 {
     struct account_policy p;
+    v->owner[0] = '\0';
     int rc = policy_load(sql, user, &p);
     if (rc < 0)
         return rc;
@@ -411,5 +412,6 @@ int policy_charge(struct sql_cache *sql, const char *user, const struct policy_d
     if (policy_write_usage(sql, p.account_id, "hour", &uh) < 0 ||
         policy_write_usage(sql, p.account_id, "day", &ud) < 0)
         return -EIO;
+    snprintf(v->owner, sizeof(v->owner), "%s", p.owner);
     return 0;
 }

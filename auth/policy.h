@@ -67,18 +67,19 @@ int policy_check_networks(const char *list, char *why, size_t why_size);
  * "Name <addr>" or bare addr) into out; false when there is none. */
 bool policy_header_from(const uint8_t *msg, size_t len, char *out, size_t out_size);
 
-/* What to answer when a charge is refused. */
+/* What to answer when a charge is refused; on acceptance only owner is set. */
 struct policy_verdict {
     int code;               /* 452, 451, 553, 552, 535 */
     char enhanced[8];
     char text[256];         /* the sentence, naming the quota and when it resets */
+    char owner[256];        /* accepted: the account's owner address (bounces), "" = none */
 };
 
 /* Inside an open write transaction on sql's connection: re-check the
  * account (enabled, sender, header From when the account checks it
  * (header_from NULL: none found), size, recipients) with fresh data, then
- * check and count the quotas. Returns 0 (counted), 1 (refused: v filled),
- * or negative (storage error). */
+ * check and count the quotas. Returns 0 (counted: v->owner filled), 1
+ * (refused: v filled), or negative (storage error). */
 int policy_charge(struct sql_cache *sql, const char *user, const struct policy_defaults *d,
                   int64_t now, const char *sender, const char *header_from, size_t rcpts,
                   uint64_t bytes, struct policy_verdict *v);

@@ -169,9 +169,13 @@ static void test_quotas(void **state)
     struct policy_verdict v;
     int64_t t0 = 1700000000 - 1700000000 % 86400 + 3600; /* 01:00 UTC */
     assert_int_equal(charge(&sql, &d, t0, 1, 100, &v), 0);
+    assert_string_equal(v.owner, ""); /* an account without one */
+    exec_sql(db, "UPDATE accounts SET owner = 'it@example.test'");
     assert_int_equal(charge(&sql, &d, t0 + 10, 1, 100, &v), 0);
+    assert_string_equal(v.owner, "it@example.test"); /* for the relay's bounces */
     assert_int_equal(charge(&sql, &d, t0 + 20, 1, 100, &v), 1); /* hourly: 2 */
     assert_int_equal(v.code, 452);
+    assert_string_equal(v.owner, ""); /* only an accepted charge names it */
     assert_string_equal(v.enhanced, "4.2.2");
     assert_non_null(strstr(v.text, "Hourly message quota"));
     assert_non_null(strstr(v.text, "02:00 UTC"));
