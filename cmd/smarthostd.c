@@ -115,10 +115,9 @@ static void on_control(const char *command, char *reply, size_t reply_size, void
     }
 }
 
-static void on_committed(const char *qid, void *arg)
+static void on_committed(const struct queue_committed *c, void *arg)
 {
-    (void)qid;
-    relay_runner_wake(arg); /* a new message is attempted at once */
+    relay_runner_offer(arg, c); /* a new message is attempted at once */
 }
 
 static int drop_privileges(const char *user)

@@ -138,7 +138,13 @@ struct queue {
 
     char spool[4200]; /* queue_spool_dir(): large bodies */
     int spool_fd;
-    char committed[QUEUE_BATCH_MAX][QUEUE_ID_SIZE];
+    /* committer thread only: the rows the open transaction inserted, for
+     * the committed hook; rcpt_ids is NULL after an allocation failed */
+    int64_t message_ids[QUEUE_BATCH_MAX];
+    size_t rcpt_first[QUEUE_BATCH_MAX]; /* index into rcpt_ids */
+    int64_t *rcpt_ids;
+    size_t rcpt_id_count, rcpt_id_cap;
+    bool is_rcpt_ids_lost;
 };
 
 
@@ -352,6 +358,7 @@ static void queue_free_db(struct queue *q)
     sqlite3_close(q->db);
     if (q->spool_fd >= 0)
         close(q->spool_fd);
+    free(q->rcpt_ids);
 }
 
 /* ---- the committer ---------------------------------------------------- */
@@ -389,11 +396,32 @@ static int queue_write_body(struct queue *q, sqlite3_int64 rowid,
     return rc != SQLITE_OK ? rc : close_rc;
 }
 
-/* Insert one message, its body and its recipients inside the caller's open
- * transaction. Returns an SQLite code; on failure the caller rolls back. */
-static int queue_insert_message(struct queue *q, const struct queue_commit_req *req,
-                                sqlite3_int64 now, bool is_spooled)
+/* Note a recipient row for the committed hook. Out of memory only loses
+ * the ids (the hook then says so), never the commit. */
+static void queue_note_rcpt_id(struct queue *q, int64_t id)
 {
+    if (q->is_rcpt_ids_lost)
+        return;
+    if (q->rcpt_id_count == q->rcpt_id_cap) {
+        size_t cap = q->rcpt_id_cap ? q->rcpt_id_cap * 2 : 256;
+        int64_t *g = realloc(q->rcpt_ids, cap * sizeof(*g));
+        if (g == NULL) {
+            q->is_rcpt_ids_lost = true;
+            return;
+        }
+        q->rcpt_ids = g;
+        q->rcpt_id_cap = cap;
+    }
+    q->rcpt_ids[q->rcpt_id_count++] = id;
+}
+
+/* Insert batch[i] (its message, body and recipients) inside the caller's
+ * open transaction. Returns an SQLite code; on failure the caller rolls
+ * back. */
+static int queue_insert_message(struct queue *q, size_t i, sqlite3_int64 now)
+{
+    const struct queue_commit_req *req = q->batch[i];
+    bool is_spooled = q->is_spooled[i];
     if (!queue_req_is_valid(req))
         return SQLITE_MISUSE;
     /* sqlite3_blob_write takes int sizes; the configured message size limit
@@ -415,6 +443,8 @@ static int queue_insert_message(struct queue *q, const struct queue_commit_req *
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_int64 rowid = sqlite3_last_insert_rowid(q->db);
+    q->message_ids[i] = rowid;
+    q->rcpt_first[i] = q->rcpt_id_count;
     st = q->st_body;
     sqlite3_bind_int64(st, 1, rowid);
     rc = sqlite3_bind_zeroblob64(st, 2, is_spooled ? 0 : (sqlite3_uint64)size);
@@ -431,15 +461,47 @@ static int queue_insert_message(struct queue *q, const struct queue_commit_req *
     }
 
     st = q->st_recipient;
-    for (size_t i = 0; i < req->recipient_count; i++) {
+    for (size_t k = 0; k < req->recipient_count; k++) {
         sqlite3_bind_int64(st, 1, rowid);
-        sqlite3_bind_text(st, 2, req->recipients[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, req->recipients[k], -1, SQLITE_STATIC);
         rc = queue_step_done(st);
         sqlite3_clear_bindings(st);
         if (rc != SQLITE_OK)
             return rc;
+        queue_note_rcpt_id(q, sqlite3_last_insert_rowid(q->db));
     }
     return SQLITE_OK;
+}
+
+/* Right after the COMMIT of batch[first .. first + count), write lock held
+ * (see queue_committed_hook). */
+static void queue_call_hook(struct queue *q, size_t first, size_t count, sqlite3_int64 now,
+                            bool has_policy, queue_committed_hook hook, void *hook_arg)
+{
+    if (hook == NULL)
+        return;
+    for (size_t i = first; i < first + count; i++) {
+        const struct queue_commit_req *req = q->batch[i];
+        if (q->refused[i] || q->is_spool_failed[i])
+            continue;
+        bool is_authenticated = req->auth_user != NULL && req->auth_user[0] != '\0';
+        struct queue_committed c = {
+            .message_id = q->message_ids[i],
+            .qid = req->qid,
+            .created_at = now,
+            .sender = req->sender,
+            .auth_user = req->auth_user != NULL ? req->auth_user : "",
+            .owner = !is_authenticated ? "" : has_policy ? req->verdict.owner : NULL,
+            .recipients = req->recipients,
+            .recipient_ids = q->is_rcpt_ids_lost ? NULL : q->rcpt_ids + q->rcpt_first[i],
+            .recipient_count = req->recipient_count,
+            .header = req->header,
+            .header_len = req->header_len,
+            .body = req->body,
+            .body_len = req->body_len,
+        };
+        hook(&c, hook_arg);
+    }
 }
 
 static void queue_rollback(struct queue *q)
@@ -460,12 +522,17 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
     pthread_mutex_lock(&q->lock);
     bool has_policy = q->has_policy;
     struct policy_defaults policy = q->policy;
+    queue_committed_hook hook = q->hook;
+    void *hook_arg = q->hook_arg;
     pthread_mutex_unlock(&q->lock);
+    q->rcpt_id_count = 0;
+    q->is_rcpt_ids_lost = false;
     for (size_t i = first; rc == SQLITE_OK && i < first + count; i++) {
         struct queue_commit_req *req = q->batch[i];
         q->refused[i] = false;
         if (q->is_spool_failed[i])
             continue;
+        req->verdict.owner[0] = '\0';
         if (has_policy && req->auth_user != NULL && req->auth_user[0] != '\0') {
             /* check and count in this transaction: atomic with the insert */
             step = "policy";
@@ -494,7 +561,7 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
                 break;
         }
         step = "insert";
-        rc = queue_insert_message(q, req, now, q->is_spooled[i]);
+        rc = queue_insert_message(q, i, now);
         if (rc != SQLITE_OK && count > 1)
             qid = req->qid;
     }
@@ -504,6 +571,7 @@ static int queue_write_transaction(struct queue *q, size_t first, size_t count)
     }
     if (rc == SQLITE_OK) {
         atomic_fetch_add(&q->batches, 1);
+        queue_call_hook(q, first, count, now, has_policy, hook, hook_arg);
         return SQLITE_OK;
     }
     /* errmsg before ROLLBACK overwrites it */
@@ -610,25 +678,12 @@ static void queue_write_batch(struct queue *q, size_t n)
 
 static void queue_finish_batch(struct queue *q, size_t n)
 {
-    /* The request belongs to the caller again once its callback starts (it
-     * may be freed or reused at once): copy what the hook needs first. */
-    size_t committed = 0;
-    for (size_t i = 0; i < n; i++)
-        if (q->status[i] == QUEUE_OK)
-            snprintf(q->committed[committed++], QUEUE_ID_SIZE, "%s", q->batch[i]->qid);
     for (size_t i = 0; i < n; i++) {
         struct queue_commit_req *req = q->batch[i];
         q->batch[i] = NULL;
         req->next = NULL;
         req->cb(req, q->status[i]);
     }
-    pthread_mutex_lock(&q->lock);
-    queue_committed_hook hook = q->hook;
-    void *hook_arg = q->hook_arg;
-    pthread_mutex_unlock(&q->lock);
-    if (hook != NULL)
-        for (size_t i = 0; i < committed; i++)
-            hook(q->committed[i], hook_arg);
 }
 
 static void *queue_run_committer(void *arg)
@@ -896,10 +951,14 @@ pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db)
 
 void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg)
 {
+    /* the committer calls the hook holding write_lock: once we have it, no
+     * call with the old hook is under way */
+    pthread_mutex_lock(&q->write_lock);
     pthread_mutex_lock(&q->lock);
     q->hook = hook;
     q->hook_arg = arg;
     pthread_mutex_unlock(&q->lock);
+    pthread_mutex_unlock(&q->write_lock);
 }
 
 void queue_set_policy(struct queue *q, const struct policy_defaults *d)

@@ -65,9 +65,32 @@ int queue_commit_submit(struct queue *q, struct queue_commit_req *req);
 /* A new unique queue id into out (QUEUE_ID_SIZE). Thread-safe. */
 void queue_id_new(char out[QUEUE_ID_SIZE]);
 
-/* Hook called on the committer thread after each committed batch, once per
- * message (the relay core registers here; cmd/ wires it). */
-typedef void (*queue_committed_hook)(const char *qid, void *arg);
+/* A message just committed, as the relay would read it back: every pointer
+ * is borrowed for the duration of the hook call only. */
+struct queue_committed {
+    int64_t message_id;
+    const char *qid;
+    int64_t created_at;
+    const char *sender;
+    const char *auth_user;
+    const char *owner;              /* the account's owner, "" = none; NULL = not known
+                                       (no policy set, so the account was not read) */
+    const char *const *recipients;
+    const int64_t *recipient_ids;   /* NULL = not known (out of memory) */
+    size_t recipient_count;
+    const uint8_t *header;          /* the stored message is header then body */
+    size_t header_len;
+    const uint8_t *body;
+    size_t body_len;
+};
+
+/* Hook called on the committer thread once per committed message, right
+ * after its COMMIT and before any request's callback, while this process's
+ * write lock is still held: a queue_store_read_begin() snapshot that shows
+ * the message therefore starts after the hook has returned for it. The relay
+ * core registers here (cmd/ wires it). Setting it waits for a call under way
+ * to return, so after queue_set_committed_hook(q, NULL, NULL) none runs. */
+typedef void (*queue_committed_hook)(const struct queue_committed *c, void *arg);
 void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *arg);
 
 /* Account policy and quotas: once set (defaults copied), every request with
@@ -189,8 +212,10 @@ int queue_store_next_due(struct queue_store *s, int64_t *at);
 /* Around a scan's reads (queue_store_due, queue_store_body,
  * queue_store_next_due): one read transaction, so they see one snapshot and
  * take SQLite's read lock once, not once per statement (and re-read the
- * pages other connections changed once). 0 or QUEUE_ERR_STORAGE; read_end
- * after either. */
+ * pages other connections changed once). On a shared store the snapshot is
+ * taken under the write lock, so every message it shows has been through
+ * the committed hook already. 0 or QUEUE_ERR_STORAGE; read_end after
+ * either. */
 int queue_store_read_begin(struct queue_store *s);
 void queue_store_read_end(struct queue_store *s);
 /* The stored message (header + body) by message id; caller frees *out. */

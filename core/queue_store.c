@@ -281,7 +281,20 @@ int queue_store_next_due(struct queue_store *s, int64_t *at)
 
 int queue_store_read_begin(struct queue_store *s)
 {
+    /* A deferred BEGIN takes its snapshot at the first read: read once
+     * here, under the write lock, so that no commit of the queue is between
+     * its COMMIT and the end of its committed hook (see queue.h). */
+    store_write_begin(s);
     int rc = sql_cache_exec(&s->sql, "BEGIN");
+    sqlite3_stmt *st = NULL;
+    if (rc == SQLITE_OK)
+        rc = store_prepare(s, "SELECT id FROM messages LIMIT 1", &st);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    store_done(s, st);
+    store_write_end(s);
     return rc == SQLITE_OK ? 0 : queue_store_fail(s, NULL, rc, "read begin");
 }
 

@@ -1,7 +1,11 @@
 /* runner.c — see runner.h.
  *
- * Life of a message here: a scan (worker) returns due messages with their
- * bodies; each becomes a relay_msg whose due recipients are split into jobs,
+ * Life of a message here: a message just committed is handed over whole
+ * by the queue's committed hook (relay_runner_offer, on the committer
+ * thread, into the inbox); one that was not (too large, no room, a retry,
+ * after a restart) comes from a scan (worker), which returns due messages
+ * with their bodies. Each becomes a relay_msg whose due recipients are split
+ * into jobs,
  * one per destination (domain, or the relayhost). dispatch() starts jobs
  * within the limits (in total, per destination, per address, pacing). A job
  * resolves, then walks the addresses: connect, deliver, per-recipient
@@ -36,6 +40,8 @@
 #include "relay/smtp_client.h"
 
 #define RUNNER_MSGS_MAX 200         /* messages held in memory (taken per scan at most) */
+#define RUNNER_OFFER_MAX_SIZE (128u << 10) /* larger committed messages are left to a
+                                        scan: no copy of them on the committer thread */
 #define RUNNER_BYTES_MAX (64u << 20) /* their bodies, in bytes (one message may exceed it) */
 #define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
 #define RUNNER_RECORD_BATCH 64       /* delivery outcomes written per transaction */
@@ -189,6 +195,7 @@ struct runner_db_job {
     size_t max_msgs;                /* room left in memory */
     uint64_t max_bytes;
     bool is_truncated;              /* more may be due than was taken */
+    uint64_t dropped_gen;           /* runner's inbox_dropped_gen when submitted */
     struct queue_due *due;
     size_t due_count;
     uint8_t **bodies;
@@ -233,7 +240,15 @@ struct relay_runner {
     struct relay_msg *msgs;         /* in flight */
     size_t msg_count;               /* and their number and body bytes: bounded, so a */
     uint64_t msg_bytes;             /* backlog stays in the database, not in memory */
-    bool has_more_due;              /* the last scan left due messages behind */
+    bool has_more_due;              /* the last scan left due messages behind, or the
+                                       inbox had no room for an offered message */
+    uint64_t inbox_dropped_gen;     /* offered messages dropped for want of room */
+    /* offered by the committer thread (relay_runner_offer), taken on the loop */
+    pthread_mutex_t inbox_lock;
+    struct relay_msg *inbox, *inbox_tail;
+    size_t inbox_count;
+    bool is_inbox_missed;           /* a committed message is only in the database */
+    atomic_bool is_scan_asked;      /* relay_runner_wake */
     struct runner_job *pending;     /* not started yet */
     struct runner_job *active;
     size_t active_count;
@@ -727,6 +742,7 @@ static void runner_scan(struct relay_runner *r)
     for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
         j->skip_ids[j->skip_count++] = m->due.id;
     qsort(j->skip_ids, j->skip_count, sizeof(int64_t), runner_cmp_id);
+    j->dropped_gen = r->inbox_dropped_gen;
     r->is_scan_queued = true;
     r->is_rescan_wanted = false;
     runner_db_submit(r, j);
@@ -809,18 +825,77 @@ static int runner_msg_plan(struct relay_runner *r, struct relay_msg *m)
     return 0;
 }
 
+static bool runner_msg_is_held(const struct relay_runner *r, int64_t message_id)
+{
+    for (const struct relay_msg *m = r->msgs; m != NULL; m = m->next)
+        if (m->due.id == message_id)
+            return true;
+    return false;
+}
+
+/* Take m into memory and plan its jobs. */
+static void runner_msg_add(struct relay_runner *r, struct relay_msg *m)
+{
+    m->next = r->msgs;
+    r->msgs = m;
+    r->msg_count++;
+    r->msg_bytes += m->body_len;
+    if (runner_msg_plan(r, m) < 0)
+        log_warn(m->due.qid, "relay: out of memory planning the delivery");
+    if (m->jobs_left == 0)
+        runner_msg_drop(r, m); /* nothing recorded: tried again at the next scan */
+}
+
+/* The messages offered since the last look, oldest first. Returns true
+ * when one could not be offered: only a scan finds it. */
+static bool runner_take_inbox(struct relay_runner *r)
+{
+    pthread_mutex_lock(&r->inbox_lock);
+    struct relay_msg *list = r->inbox;
+    bool is_missed = r->is_inbox_missed;
+    r->inbox = r->inbox_tail = NULL;
+    r->inbox_count = 0;
+    r->is_inbox_missed = false;
+    pthread_mutex_unlock(&r->inbox_lock);
+    while (list != NULL) {
+        struct relay_msg *m = list;
+        list = m->next;
+        m->next = NULL;
+        /* a scan that ran since the commit may have taken it already */
+        if (r->is_stopping || runner_msg_is_held(r, m->due.id)) {
+            runner_msg_free(m);
+            continue;
+        }
+        if (r->msg_count >= RUNNER_MSGS_MAX || r->msg_bytes + m->body_len > RUNNER_BYTES_MAX) {
+            runner_msg_free(m); /* it waits in the database, as a scan would leave it */
+            r->has_more_due = true;
+            r->inbox_dropped_gen++;
+            continue;
+        }
+        runner_msg_add(r, m);
+    }
+    return is_missed;
+}
+
 static void runner_record(struct relay_runner *r, struct relay_msg *m);
 
 static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
 {
     r->is_scan_queued = false;
-    r->has_more_due = j->status == 0 && j->is_truncated;
+    /* What was offered before the scan's snapshot is in the inbox (the hook
+     * runs before the snapshot can show it): in memory first, so that the
+     * scan's copy of it is recognised below. */
+    if (runner_take_inbox(r))
+        r->is_rescan_wanted = true;
+    /* more due than taken; or offered messages dropped for want of room
+     * since the scan was asked for, which its snapshot may not show */
+    r->has_more_due = (j->status == 0 && j->is_truncated) || r->inbox_dropped_gen != j->dropped_gen;
     if (j->status < 0)
         log_warn(NULL, "relay: queue scan failed (%s); retrying soon",
                  j->status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
     for (size_t i = 0; i < j->due_count; i++) {
         struct queue_due *d = &j->due[i];
-        if (r->is_stopping || j->bodies[i] == NULL) {
+        if (r->is_stopping || j->bodies[i] == NULL || runner_msg_is_held(r, d->id)) {
             free(d->rcpts);
             free(j->bodies[i]);
             continue;
@@ -846,14 +921,7 @@ static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
             rc[k].attempts = d->rcpts[k].attempts;
         }
         free(d->rcpts);
-        m->next = r->msgs;
-        r->msgs = m;
-        r->msg_count++;
-        r->msg_bytes += m->body_len;
-        if (runner_msg_plan(r, m) < 0)
-            log_warn(m->due.qid, "relay: out of memory planning the delivery");
-        if (m->jobs_left == 0)
-            runner_msg_drop(r, m); /* nothing recorded: tried again at the next scan */
+        runner_msg_add(r, m);
     }
     free(j->due);
     free(j->bodies);
@@ -1718,7 +1786,11 @@ static void runner_on_pace_timer(uv_timer_t *t)
 
 static void runner_on_wake(uv_async_t *a)
 {
-    runner_scan(a->data);
+    struct relay_runner *r = a->data;
+    bool is_missed = runner_take_inbox(r);
+    if (atomic_exchange(&r->is_scan_asked, false) || is_missed)
+        runner_scan(r);
+    runner_dispatch(r);
 }
 
 static void runner_close_walk(uv_handle_t *h, void *arg)
@@ -1817,6 +1889,7 @@ static void runner_free_unstarted(struct relay_runner *r)
 {
     uv_run(&r->loop, UV_RUN_DEFAULT);
     uv_loop_close(&r->loop);
+    pthread_mutex_destroy(&r->inbox_lock);
     gnutls_certificate_free_credentials(r->creds);
     runner_settings_free(&r->set);
     free(r);
@@ -1862,6 +1935,7 @@ int relay_runner_start(const struct config *cfg, struct queue *queue, struct rel
         free(r);
         return -1;
     }
+    pthread_mutex_init(&r->inbox_lock, NULL); /* default attributes: cannot fail */
     uv_async_init(&r->loop, &r->wake_async, runner_on_wake);
     r->wake_async.data = r;
     uv_async_init(&r->loop, &r->stop_async, runner_on_stop);
@@ -1896,8 +1970,72 @@ int relay_runner_start(const struct config *cfg, struct queue *queue, struct rel
 
 void relay_runner_wake(struct relay_runner *r)
 {
-    if (r != NULL && atomic_load(&r->is_started))
+    if (r != NULL && atomic_load(&r->is_started)) {
+        atomic_store(&r->is_scan_asked, true);
         uv_async_send(&r->wake_async);
+    }
+}
+
+/* A relay_msg of a message just committed, as a scan would have read it;
+ * NULL when it is not to be taken this way or memory is short. */
+static struct relay_msg *runner_msg_from_commit(const struct queue_committed *c)
+{
+    size_t len = c->header_len + c->body_len;
+    if (c->owner == NULL || c->recipient_ids == NULL || c->recipient_count == 0 ||
+        len > RUNNER_OFFER_MAX_SIZE)
+        return NULL;
+    struct relay_msg *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    m->rcpt = calloc(c->recipient_count, sizeof(*m->rcpt));
+    m->body = malloc(len ? len : 1);
+    if (m->rcpt == NULL || m->body == NULL) {
+        runner_msg_free(m);
+        return NULL;
+    }
+    if (c->header_len > 0)
+        memcpy(m->body, c->header, c->header_len);
+    if (c->body_len > 0)
+        memcpy(m->body + c->header_len, c->body, c->body_len);
+    m->body_len = len;
+    struct queue_due *d = &m->due;
+    d->id = c->message_id;
+    runner_copy(d->qid, sizeof(d->qid), c->qid);
+    d->created_at = c->created_at;
+    runner_copy(d->sender, sizeof(d->sender), c->sender);
+    runner_copy(d->auth_user, sizeof(d->auth_user), c->auth_user);
+    runner_copy(d->kind, sizeof(d->kind), "message");
+    runner_copy(d->owner, sizeof(d->owner), c->owner);
+    d->size = len;
+    m->rcpt_count = c->recipient_count;
+    for (size_t k = 0; k < c->recipient_count; k++) {
+        m->rcpt[k].id = c->recipient_ids[k];
+        runner_copy(m->rcpt[k].address, sizeof(m->rcpt[k].address), c->recipients[k]);
+    }
+    return m;
+}
+
+void relay_runner_offer(struct relay_runner *r, const struct queue_committed *c)
+{
+    if (r == NULL || !atomic_load(&r->is_started))
+        return;
+    struct relay_msg *m = runner_msg_from_commit(c);
+    pthread_mutex_lock(&r->inbox_lock);
+    if (m != NULL && r->inbox_count < RUNNER_MSGS_MAX) {
+        if (r->inbox_tail != NULL)
+            r->inbox_tail->next = m;
+        else
+            r->inbox = m;
+        r->inbox_tail = m;
+        r->inbox_count++;
+        m = NULL;
+    } else {
+        r->is_inbox_missed = true;
+    }
+    pthread_mutex_unlock(&r->inbox_lock);
+    if (m != NULL)
+        runner_msg_free(m);
+    uv_async_send(&r->wake_async);
 }
 
 void relay_runner_stop(struct relay_runner *r)
@@ -1915,6 +2053,12 @@ void relay_runner_stop(struct relay_runner *r)
         r->msgs = m->next;
         runner_msg_free(m);
     }
+    while (r->inbox != NULL) { /* still queued: the next start's scan takes them */
+        struct relay_msg *m = r->inbox;
+        r->inbox = m->next;
+        runner_msg_free(m);
+    }
+    pthread_mutex_destroy(&r->inbox_lock);
     queue_store_close(r->store);
     gnutls_certificate_free_credentials(r->creds);
     runner_settings_free(&r->set);

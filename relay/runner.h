@@ -23,9 +23,15 @@ struct relay_runner;
  * sentence in err (a bad credentials file, a resolver that cannot start). */
 int relay_runner_start(const struct config *cfg, struct queue *queue, struct relay_runner **out,
                        char *err, size_t err_size);
-/* Look at the queue again now (a message was committed, an admin acted).
- * Thread-safe and cheap; wakes coalesce. */
+/* Look at the queue again now (an admin acted). Thread-safe and cheap;
+ * wakes coalesce. */
 void relay_runner_wake(struct relay_runner *r);
+/* A message was just committed: the queue's committed hook. Takes a copy
+ * of it (c is borrowed for the call) for delivery at once, with no scan of
+ * the queue nor read of its body; one it cannot take (larger than 128 KiB,
+ * no room, owner or recipient ids not known) is left to a scan, which is
+ * woken. Thread-safe. */
+void relay_runner_offer(struct relay_runner *r, const struct queue_committed *c);
 /* Start no new delivery, give the ones under way a grace period to finish,
  * then stop: whatever was not recorded stays queued and is tried again at
  * the next start. Frees r. NULL-safe. */

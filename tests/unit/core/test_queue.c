@@ -29,6 +29,7 @@
 
 #include <sqlite3.h>
 
+#include "auth/store.h"
 #include "core/queue.h"
 #include "core/queue_internal.h"
 #include "tests/unit/unit_tempdir.h"
@@ -316,12 +317,12 @@ struct hook_log {
     size_t count;
 };
 
-static void on_committed(const char *qid, void *arg)
+static void on_committed(const struct queue_committed *c, void *arg)
 {
     struct hook_log *h = arg;
     pthread_mutex_lock(&h->lock);
     if (h->count < 4)
-        snprintf(h->qids[h->count], QUEUE_ID_SIZE, "%s", qid);
+        snprintf(h->qids[h->count], QUEUE_ID_SIZE, "%s", c->qid);
     h->count++;
     pthread_mutex_unlock(&h->lock);
 }
@@ -427,7 +428,7 @@ static void test_roundtrip(void **state)
         free(header);
         free(body);
 
-        /* the hook runs after the callback: closing is the way to be sure */
+        /* the hook ran before the callback; closing and reopening works */
         if (i == 0) {
             queue_close(q);
             assert_int_equal(hook.count, 1);
@@ -567,9 +568,9 @@ static int compare_qid(const void *a, const void *b)
     return strcmp(a, b);
 }
 
-static void count_committed(const char *qid, void *arg)
+static void count_committed(const struct queue_committed *c, void *arg)
 {
-    (void)qid;
+    (void)c;
     atomic_fetch_add((atomic_size_t *)arg, 1);
 }
 
@@ -1457,10 +1458,150 @@ static void test_store_shares_write_lock(void **state)
     tracker_destroy(&t);
 }
 
+/* ---- the committed hook ---------------------------------------------- */
+
+/* What the hook saw of one message (its pointers are borrowed: copied). */
+struct seen_commit {
+    char qid[QUEUE_ID_SIZE];
+    int64_t message_id, created_at;
+    char owner[64];
+    bool is_owner_known;
+    int64_t rcpt_ids[2];
+    char rcpts[2][64];
+    size_t rcpt_count;
+    uint8_t data[256];
+    size_t data_len;
+    size_t callbacks_before; /* callbacks run when the hook was called */
+};
+
+struct seen_log {
+    struct tracker *t;
+    struct seen_commit seen[4];
+    size_t count;
+};
+
+static void record_committed(const struct queue_committed *c, void *arg)
+{
+    struct seen_log *l = arg;
+    assert_true(l->count < 4);
+    struct seen_commit *s = &l->seen[l->count++];
+    snprintf(s->qid, sizeof(s->qid), "%s", c->qid);
+    s->message_id = c->message_id;
+    s->created_at = c->created_at;
+    s->is_owner_known = c->owner != NULL;
+    snprintf(s->owner, sizeof(s->owner), "%s", c->owner != NULL ? c->owner : "");
+    assert_non_null(c->recipient_ids);
+    assert_true(c->recipient_count <= 2);
+    s->rcpt_count = c->recipient_count;
+    for (size_t k = 0; k < c->recipient_count; k++) {
+        s->rcpt_ids[k] = c->recipient_ids[k];
+        snprintf(s->rcpts[k], sizeof(s->rcpts[k]), "%s", c->recipients[k]);
+    }
+    assert_true(c->header_len + c->body_len <= sizeof(s->data));
+    memcpy(s->data, c->header, c->header_len);
+    memcpy(s->data + c->header_len, c->body, c->body_len);
+    s->data_len = c->header_len + c->body_len;
+    pthread_mutex_lock(&l->t->lock);
+    s->callbacks_before = l->t->done;
+    pthread_mutex_unlock(&l->t->lock);
+}
+
+static int64_t sql_int_text(const struct fixture *f, const char *sql, const char *arg, int row)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+    for (int i = 0; i < row; i++)
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The hook hands the relay each committed message as the database has it
+ * (row ids, recipients, header + body, the account's owner for bounces),
+ * before the session hears 250, and never a refused one. */
+static void test_committed_hook(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = NULL;
+    assert_int_equal(store_open(f->path, 2000, &st), STORE_OK);
+    assert_int_equal(store_user_add(st, "printer", "pw-Secret-1"), STORE_OK);
+    assert_int_equal(store_policy_set_text(st, "printer", "owner", "it@example.test"), STORE_OK);
+    store_close(st);
+
+    struct tracker t;
+    tracker_init(&t);
+    struct seen_log log = {.t = &t};
+    struct queue *q = open_queue(f, 5000);
+    struct policy_defaults d = {.max_size = 1 << 20, .max_rcpts = 10};
+    queue_set_policy(q, &d);
+    queue_set_committed_hook(q, record_committed, &log);
+    struct test_req reqs[4];
+    for (size_t i = 0; i < 4; i++)
+        test_req_init(&reqs[i], &t);
+    reqs[1].req.auth_user = "";      /* e.g. a trusted network: no account, no owner */
+    reqs[2].req.auth_user = "ghost"; /* no such account: refused, not handed over */
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(queue_commit_submit(q, &reqs[i].req), 0);
+    tracker_wait_done(&t, 3);
+    assert_int_equal(reqs[0].status, QUEUE_OK);
+    assert_int_equal(reqs[1].status, QUEUE_OK);
+    assert_int_equal(reqs[2].status, QUEUE_ERR_POLICY);
+    assert_int_equal(reqs[2].req.verdict.code, 535);
+    assert_int_equal(log.count, 2);
+
+    /* without a policy the account is not read: its owner is not known */
+    queue_set_policy(q, NULL);
+    assert_int_equal(queue_commit_submit(q, &reqs[3].req), 0);
+    tracker_wait_done(&t, 4);
+    assert_int_equal(reqs[3].status, QUEUE_OK);
+    queue_set_committed_hook(q, NULL, NULL);
+    queue_close(q);
+    assert_int_equal(log.count, 3);
+
+    const struct test_req *committed[3] = {&reqs[0], &reqs[1], &reqs[3]};
+    const char *owners[3] = {"it@example.test", "", ""};
+    const bool known[3] = {true, true, false};
+    char want[256];
+    size_t want_len = strlen(default_header) + strlen(default_body);
+    snprintf(want, sizeof(want), "%s%s", default_header, default_body);
+    for (size_t i = 0; i < 3; i++) {
+        const struct seen_commit *s = &log.seen[i];
+        assert_string_equal(s->qid, committed[i]->qid);
+        assert_int_equal(s->message_id,
+                         sql_int_text(f, "SELECT id FROM messages WHERE qid = ?", s->qid, 0));
+        assert_int_equal(s->created_at,
+                         sql_int_text(f, "SELECT created_at FROM messages WHERE qid = ?", s->qid, 0));
+        assert_int_equal(s->is_owner_known, known[i]);
+        assert_string_equal(s->owner, owners[i]);
+        assert_int_equal(s->rcpt_count, 2);
+        for (size_t k = 0; k < 2; k++) {
+            assert_string_equal(s->rcpts[k], default_rcpts[k]);
+            assert_int_equal(s->rcpt_ids[k],
+                             sql_int_text(f,
+                                          "SELECT r.id FROM recipients r JOIN messages m"
+                                          " ON m.id = r.message_id WHERE m.qid = ? ORDER BY r.id",
+                                          s->qid, (int)k));
+        }
+        assert_int_equal(s->data_len, want_len);
+        assert_memory_equal(s->data, want, want_len);
+    }
+    /* before any callback of its own batch: the first two may share one */
+    assert_true(log.seen[0].callbacks_before == 0);
+    assert_true(log.seen[2].callbacks_before == 3);
+    tracker_destroy(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_committed_hook, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_open_shares_schema_version, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, fixture_setup, fixture_teardown),
