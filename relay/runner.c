@@ -44,6 +44,7 @@
                                         scan: no copy of them on the committer thread */
 #define RUNNER_BYTES_MAX (64u << 20) /* their bodies, in bytes (one message may exceed it) */
 #define RUNNER_MAX_RESCAN_MS 60000  /* look at the queue at least this often */
+#define RUNNER_RETRY_SCAN_MS 5000   /* and this soon after a failure left mail behind */
 #define RUNNER_RECORD_BATCH 64       /* delivery outcomes written per transaction */
 #define RUNNER_RECORD_GATHER_MS 20   /* and gathered this long first: each write takes
                                         the lock the submissions' commits need */
@@ -275,6 +276,7 @@ static void runner_job_finish(struct runner_job *job);
 static void runner_maybe_close(struct relay_runner *r);
 static void runner_on_scan_timer(uv_timer_t *t);
 static void runner_on_pace_timer(uv_timer_t *t);
+static void runner_scan_soon(struct relay_runner *r);
 static void runner_msg_drop(struct relay_runner *r, struct relay_msg *m);
 
 static int64_t runner_now(void)
@@ -613,6 +615,9 @@ static void runner_scan_read(struct relay_runner *r, struct runner_db_job *j, in
     j->body_lens = calloc(kept ? kept : 1, sizeof(*j->body_lens));
     if (j->bodies == NULL || j->body_lens == NULL) {
         j->status = -ENOMEM;
+        queue_due_free(j->due, kept); /* none taken: a failed scan, retried soon */
+        j->due = NULL;
+        j->due_count = 0;
         return;
     }
     for (size_t i = 0; i < kept; i++) {
@@ -729,14 +734,17 @@ static void runner_scan(struct relay_runner *r)
         return;
     }
     struct runner_db_job *j = calloc(1, sizeof(*j));
-    if (j == NULL)
+    if (j == NULL) {
+        runner_scan_soon(r);
         return;
+    }
     j->kind = RUNNER_DB_SCAN;
     j->max_msgs = RUNNER_MSGS_MAX - r->msg_count;
     j->max_bytes = RUNNER_BYTES_MAX - r->msg_bytes;
     j->skip_ids = calloc(r->msg_count ? r->msg_count : 1, sizeof(*j->skip_ids));
     if (j->skip_ids == NULL) {
         free(j);
+        runner_scan_soon(r);
         return;
     }
     for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
@@ -825,12 +833,24 @@ static int runner_msg_plan(struct relay_runner *r, struct relay_msg *m)
     return 0;
 }
 
-static bool runner_msg_is_held(const struct relay_runner *r, int64_t message_id)
+static struct relay_msg *runner_msg_find(struct relay_runner *r, int64_t message_id)
 {
-    for (const struct relay_msg *m = r->msgs; m != NULL; m = m->next)
+    for (struct relay_msg *m = r->msgs; m != NULL; m = m->next)
         if (m->due.id == message_id)
-            return true;
-    return false;
+            return m;
+    return NULL;
+}
+
+/* Look at the queue again in a few seconds at the latest: something due
+ * was left in the database (an outcome not written, memory short) that no
+ * commit will now bring back. */
+static void runner_scan_soon(struct relay_runner *r)
+{
+    if (r->is_stopping || (uv_is_active((uv_handle_t *)&r->scan_timer) &&
+                           uv_timer_get_due_in(&r->scan_timer) <= RUNNER_RETRY_SCAN_MS))
+        return;
+    uv_timer_stop(&r->scan_timer);
+    uv_timer_start(&r->scan_timer, runner_on_pace_timer, RUNNER_RETRY_SCAN_MS, 0);
 }
 
 /* Take m into memory and plan its jobs. */
@@ -840,10 +860,19 @@ static void runner_msg_add(struct relay_runner *r, struct relay_msg *m)
     r->msgs = m;
     r->msg_count++;
     r->msg_bytes += m->body_len;
-    if (runner_msg_plan(r, m) < 0)
+    if (runner_msg_plan(r, m) < 0) {
         log_warn(m->due.qid, "relay: out of memory planning the delivery");
+        runner_scan_soon(r);
+    }
     if (m->jobs_left == 0)
         runner_msg_drop(r, m); /* nothing recorded: tried again at the next scan */
+}
+
+/* Room for one more message of len bytes (one alone may exceed the bytes). */
+static bool runner_has_room(const struct relay_runner *r, uint64_t len)
+{
+    return r->msg_count < RUNNER_MSGS_MAX &&
+           (r->msg_count == 0 || r->msg_bytes + len <= RUNNER_BYTES_MAX);
 }
 
 /* The messages offered since the last look, oldest first. Returns true
@@ -862,12 +891,16 @@ static bool runner_take_inbox(struct relay_runner *r)
         list = m->next;
         m->next = NULL;
         /* a scan that ran since the commit may have taken it already */
-        if (r->is_stopping || runner_msg_is_held(r, m->due.id)) {
+        struct relay_msg *held = r->is_stopping ? NULL : runner_msg_find(r, m->due.id);
+        if (r->is_stopping || (held != NULL && strcmp(held->due.qid, m->due.qid) == 0)) {
             runner_msg_free(m);
             continue;
         }
-        if (r->msg_count >= RUNNER_MSGS_MAX || r->msg_bytes + m->body_len > RUNNER_BYTES_MAX) {
-            runner_msg_free(m); /* it waits in the database, as a scan would leave it */
+        /* No room; or its id is still held by a message an admin deleted
+         * during its delivery (ids of deleted rows are reused): it waits in
+         * the database, as a scan would leave it. */
+        if (held != NULL || !runner_has_room(r, m->body_len)) {
+            runner_msg_free(m);
             r->has_more_due = true;
             r->inbox_dropped_gen++;
             continue;
@@ -895,9 +928,16 @@ static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
                  j->status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
     for (size_t i = 0; i < j->due_count; i++) {
         struct queue_due *d = &j->due[i];
-        if (r->is_stopping || j->bodies[i] == NULL || runner_msg_is_held(r, d->id)) {
+        if (r->is_stopping || j->bodies[i] == NULL || runner_msg_find(r, d->id) != NULL) {
             free(d->rcpts);
             free(j->bodies[i]);
+            continue;
+        }
+        /* the inbox may have filled what room the scan was given */
+        if (!runner_has_room(r, j->body_lens[i])) {
+            free(d->rcpts);
+            free(j->bodies[i]);
+            r->has_more_due = true;
             continue;
         }
         struct relay_msg *m = calloc(1, sizeof(*m));
@@ -936,7 +976,7 @@ static void runner_on_scan_done(struct relay_runner *r, struct runner_db_job *j)
             (uint64_t)(j->next_due - now) * 1000 < delay_ms)
             delay_ms = (uint64_t)(j->next_due - now) * 1000;
         if (j->status < 0)
-            delay_ms = 5000;
+            delay_ms = RUNNER_RETRY_SCAN_MS;
         uv_timer_stop(&r->scan_timer);
         uv_timer_start(&r->scan_timer, runner_on_scan_timer, delay_ms, 0);
     }
