@@ -251,6 +251,11 @@ struct queue_new_message {
  * and the message's own state / next_attempt_at / done_at recomputed. */
 struct queue_outcome {
     int64_t message_id;
+    /* the message's queue id (NULL: not checked): when the row with
+     * message_id is gone or is now another message (an admin deleted it
+     * during the attempt, and ids of deleted rows are reused), nothing of
+     * the outcome is written and its status is QUEUE_ERR_NOT_FOUND */
+    const char *qid;
     int64_t now;
     const struct queue_attempt *attempts;
     size_t attempt_count;
@@ -264,7 +269,8 @@ int queue_store_record(struct queue_store *s, const struct queue_outcome *o);
 /* Several outcomes in one transaction (one fsync), as the submission side
  * groups its commits; status[i] gets each one's result. When the group
  * fails for a reason other than the lock, each is written on its own so one
- * bad outcome does not fail the others. Returns 0 if all were written. */
+ * bad outcome does not fail the others. Returns 0 if all were written, else
+ * the first non-zero status. */
 int queue_store_record_batch(struct queue_store *s, const struct queue_outcome *const *o, size_t n,
                              int *status);
 

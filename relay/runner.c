@@ -1228,6 +1228,7 @@ static void runner_record(struct relay_runner *r, struct relay_msg *m)
     }
     j->outcome = (struct queue_outcome){
         .message_id = m->due.id,
+        .qid = m->due.qid,
         .now = now,
         .attempts = j->attempt_rows,
         .attempt_count = m->attempt_count,
@@ -1243,10 +1244,13 @@ static void runner_record(struct relay_runner *r, struct relay_msg *m)
 static void runner_on_record_done(struct relay_runner *r, struct runner_db_job *j)
 {
     struct relay_msg *m = j->msg;
-    if (j->status < 0)
+    if (j->status == QUEUE_ERR_NOT_FOUND) {
+        log_info(m->due.qid, "deleted from the queue during its delivery: result not recorded");
+    } else if (j->status < 0) {
         log_warn(m->due.qid, "delivery result not recorded (%s): the message will be tried again",
                  j->status == QUEUE_ERR_BUSY ? "database locked" : "storage error");
-    else
+        runner_scan_soon(r);
+    } else
         for (size_t i = 0; i < j->created_count; i++)
             log_info(j->created_qids[i], "%s for %s created", 
                      strcmp(j->created[i].kind, "dsn") == 0 ? "bounce" : "delay warning",

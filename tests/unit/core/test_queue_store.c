@@ -297,6 +297,53 @@ static int collect_attempt(const struct queue_attempt_info *a, void *arg)
     return 0;
 }
 
+/* An admin deleted a message during its delivery, and a new one took its
+ * row ids: the old outcome must not mark the new message delivered. */
+static void test_outcome_of_deleted_message(void **state)
+{
+    struct fixture *f = *state;
+    make_v1_database(f);
+    struct queue_store *s = open_store(f);
+    int64_t a_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'a@one.test'");
+    int64_t b_id = sql_int(f, "SELECT id FROM recipients WHERE address = 'b@two.test'");
+    assert_int_equal(queue_store_delete(s, "OLDQID000000001"), 0);
+    sql(f, "INSERT INTO messages(id, qid, created_at, sender, auth_user, client_addr, helo, size,"
+           " body) VALUES(1, 'NEWQID000000001', 3000, 'other@example.test', 'other',"
+           " '192.0.2.8', 'h', 1, X'');"
+           "INSERT INTO bodies(message_id, data) VALUES(1, X'78');"
+           "INSERT INTO recipients(message_id, address) VALUES(1, 'c@three.test'),"
+           " (1, 'd@four.test');");
+    assert_int_equal(sql_int(f, "SELECT MIN(id) FROM recipients"), a_id); /* reused */
+    assert_int_equal(sql_int(f, "SELECT MAX(id) FROM recipients"), b_id);
+
+    struct queue_rcpt_update done[] = {
+        {.recipient_id = a_id, .state = "delivered", .dsn_status = "2.0.0", .last_error = ""},
+        {.recipient_id = b_id, .state = "delivered", .dsn_status = "2.0.0", .last_error = ""},
+    };
+    struct queue_attempt at = {.recipient_id = a_id, .domain = "one.test", .step = "done",
+                               .reply = "250 ok", .outcome = "delivered"};
+    struct queue_outcome old = {.message_id = 1, .qid = "OLDQID000000001", .now = 3001,
+                                .attempts = &at, .attempt_count = 1, .rcpts = done,
+                                .rcpt_count = 2};
+    assert_int_equal(queue_store_record(s, &old), QUEUE_ERR_NOT_FOUND);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM recipients WHERE state = 'queued'"), 2);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM attempts"), 0);
+    assert_int_equal(sql_int(f, "SELECT state = 'queued' FROM messages WHERE id = 1"), 1);
+
+    /* in a group beside an outcome of the live message: that one is written */
+    struct queue_outcome cur = {.message_id = 1, .qid = "NEWQID000000001", .now = 3002,
+                                .rcpts = done, .rcpt_count = 2};
+    const struct queue_outcome *group[] = {&old, &cur};
+    int status[2] = {1, 1};
+    assert_int_equal(queue_store_record_batch(s, group, 2, status), QUEUE_ERR_NOT_FOUND);
+    assert_int_equal(status[0], QUEUE_ERR_NOT_FOUND);
+    assert_int_equal(status[1], 0);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM recipients WHERE state = 'delivered'"), 2);
+    assert_int_equal(sql_int(f, "SELECT state = 'done' FROM messages WHERE id = 1"), 1);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM attempts"), 0);
+    queue_store_close(s);
+}
+
 static void test_admin_actions(void **state)
 {
     struct fixture *f = *state;
@@ -524,6 +571,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_record_batch, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_outcome_plans, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_admin_actions, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_outcome_of_deleted_message, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_body_files, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
