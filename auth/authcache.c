@@ -1,6 +1,8 @@
 /* authcache.c — see authcache.h. A set-associative table: the user name
  * picks a set of AUTHCACHE_WAYS entries; the oldest entry of the set is
- * replaced. Comparisons of the secrets are constant-time. */
+ * replaced. Comparisons of the secrets are constant-time. Verifications
+ * under way sit in a small table of flights that waiters find by the same
+ * digests. */
 #include "auth/authcache.h"
 
 #include <errno.h>
@@ -17,6 +19,7 @@
 #define AUTHCACHE_WAYS 4
 #define AUTHCACHE_DIGEST 32
 #define AUTHCACHE_USER_MAX 256
+#define AUTHCACHE_FLIGHTS 64 /* verifications others can wait for; more go alone */
 
 struct authcache_entry {
     uint64_t used_at;                   /* tick of the last hit or put; 0 = empty */
@@ -25,14 +28,26 @@ struct authcache_entry {
     uint8_t secret[AUTHCACHE_DIGEST];   /* HMAC(key, password) */
 };
 
+/* One verification under way (claimed by authcache_begin), kept until its
+ * result is settled and every waiter has read it. */
+struct authcache_flight {
+    bool is_used, is_done, is_match;
+    unsigned waiters;
+    char user[AUTHCACHE_USER_MAX];
+    uint8_t hash_digest[AUTHCACHE_DIGEST];
+    uint8_t secret[AUTHCACHE_DIGEST];
+};
+
 static struct {
     pthread_mutex_t lock;
+    pthread_cond_t settled;             /* a flight is done */
     struct authcache_entry *entries;
     size_t sets;
     uint64_t tick;
     uint8_t key[32];
-    unsigned long long hits, misses;
-} authcache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    unsigned long long hits, misses, shared;
+    struct authcache_flight flights[AUTHCACHE_FLIGHTS];
+} authcache = {.lock = PTHREAD_MUTEX_INITIALIZER, .settled = PTHREAD_COND_INITIALIZER};
 
 int authcache_init(size_t max_entries)
 {
@@ -55,7 +70,7 @@ int authcache_init(size_t max_entries)
             authcache.sets = sets;
         }
     }
-    authcache.hits = authcache.misses = 0;
+    authcache.hits = authcache.misses = authcache.shared = 0;
     pthread_mutex_unlock(&authcache.lock);
     return rc;
 }
@@ -70,6 +85,7 @@ void authcache_done(void)
     authcache.entries = NULL;
     authcache.sets = 0;
     explicit_bzero(authcache.key, sizeof(authcache.key));
+    explicit_bzero(authcache.flights, sizeof(authcache.flights));
     pthread_mutex_unlock(&authcache.lock);
 }
 
@@ -99,6 +115,26 @@ static bool authcache_equal(const uint8_t *a, const uint8_t *b, size_t n)
     return d == 0;
 }
 
+/* Under the lock, the cache enabled: is (user, hd, secret) cached? Counts
+ * the hit or miss. */
+static bool authcache_lookup(const char *user, const uint8_t *hd, const uint8_t *secret)
+{
+    struct authcache_entry *set =
+        &authcache.entries[(authcache_fnv(user) % authcache.sets) * AUTHCACHE_WAYS];
+    for (int w = 0; w < AUTHCACHE_WAYS; w++) {
+        struct authcache_entry *e = &set[w];
+        if (e->used_at != 0 && strcmp(e->user, user) == 0 &&
+            authcache_equal(e->hash_digest, hd, AUTHCACHE_DIGEST) &&
+            authcache_equal(e->secret, secret, AUTHCACHE_DIGEST)) {
+            e->used_at = ++authcache.tick;
+            authcache.hits++;
+            return true;
+        }
+    }
+    authcache.misses++;
+    return false;
+}
+
 bool authcache_check(const char *user, const char *stored_hash, const char *password)
 {
     if (strlen(user) >= AUTHCACHE_USER_MAX)
@@ -106,27 +142,82 @@ bool authcache_check(const char *user, const char *stored_hash, const char *pass
     uint8_t hd[AUTHCACHE_DIGEST], secret[AUTHCACHE_DIGEST];
     bool is_hit = false;
     pthread_mutex_lock(&authcache.lock);
-    if (authcache.sets > 0 && authcache_digests(stored_hash, password, hd, secret)) {
-        struct authcache_entry *set =
-            &authcache.entries[(authcache_fnv(user) % authcache.sets) * AUTHCACHE_WAYS];
-        for (int w = 0; w < AUTHCACHE_WAYS; w++) {
-            struct authcache_entry *e = &set[w];
-            if (e->used_at != 0 && strcmp(e->user, user) == 0 &&
-                authcache_equal(e->hash_digest, hd, AUTHCACHE_DIGEST) &&
-                authcache_equal(e->secret, secret, AUTHCACHE_DIGEST)) {
-                e->used_at = ++authcache.tick;
-                is_hit = true;
-                break;
-            }
-        }
-        if (is_hit)
-            authcache.hits++;
-        else
-            authcache.misses++;
-    }
+    if (authcache.sets > 0 && authcache_digests(stored_hash, password, hd, secret))
+        is_hit = authcache_lookup(user, hd, secret);
     pthread_mutex_unlock(&authcache.lock);
     explicit_bzero(secret, sizeof(secret));
     return is_hit;
+}
+
+static void authcache_flight_free(struct authcache_flight *f)
+{
+    explicit_bzero(f, sizeof(*f));
+}
+
+int authcache_begin(const char *user, const char *stored_hash, const char *password, int *claim)
+{
+    *claim = 0;
+    if (strlen(user) >= AUTHCACHE_USER_MAX)
+        return -1;
+    uint8_t hd[AUTHCACHE_DIGEST], secret[AUTHCACHE_DIGEST];
+    int known = -1;
+    pthread_mutex_lock(&authcache.lock);
+    if (authcache.sets == 0 || !authcache_digests(stored_hash, password, hd, secret))
+        goto out;
+    if (authcache_lookup(user, hd, secret)) {
+        known = 1;
+        goto out;
+    }
+    struct authcache_flight *free_slot = NULL;
+    for (int i = 0; i < AUTHCACHE_FLIGHTS; i++) {
+        struct authcache_flight *f = &authcache.flights[i];
+        if (!f->is_used) {
+            if (free_slot == NULL)
+                free_slot = f;
+            continue;
+        }
+        if (strcmp(f->user, user) != 0 || !authcache_equal(f->hash_digest, hd, AUTHCACHE_DIGEST) ||
+            !authcache_equal(f->secret, secret, AUTHCACHE_DIGEST))
+            continue;
+        /* the very same verification is under way: its result is ours */
+        f->waiters++;
+        authcache.shared++;
+        while (!f->is_done)
+            pthread_cond_wait(&authcache.settled, &authcache.lock);
+        known = f->is_match ? 1 : 0;
+        if (--f->waiters == 0)
+            authcache_flight_free(f);
+        goto out;
+    }
+    if (free_slot != NULL) {
+        free_slot->is_used = true;
+        snprintf(free_slot->user, sizeof(free_slot->user), "%s", user);
+        memcpy(free_slot->hash_digest, hd, AUTHCACHE_DIGEST);
+        memcpy(free_slot->secret, secret, AUTHCACHE_DIGEST);
+        *claim = (int)(free_slot - authcache.flights) + 1;
+    }
+out:
+    pthread_mutex_unlock(&authcache.lock);
+    explicit_bzero(secret, sizeof(secret));
+    return known;
+}
+
+void authcache_settle(int claim, const char *user, const char *stored_hash, const char *password,
+                      bool is_match)
+{
+    if (is_match)
+        authcache_put(user, stored_hash, password); /* before the waiters wake */
+    if (claim < 1 || claim > AUTHCACHE_FLIGHTS)
+        return;
+    pthread_mutex_lock(&authcache.lock);
+    struct authcache_flight *f = &authcache.flights[claim - 1];
+    f->is_done = true;
+    f->is_match = is_match;
+    if (f->waiters == 0)
+        authcache_flight_free(f);
+    else
+        pthread_cond_broadcast(&authcache.settled);
+    pthread_mutex_unlock(&authcache.lock);
 }
 
 void authcache_put(const char *user, const char *stored_hash, const char *password)
@@ -161,10 +252,12 @@ void authcache_put(const char *user, const char *stored_hash, const char *passwo
     pthread_mutex_unlock(&authcache.lock);
 }
 
-void authcache_stats(unsigned long long *hits, unsigned long long *misses)
+void authcache_stats(unsigned long long *hits, unsigned long long *misses,
+                     unsigned long long *shared)
 {
     pthread_mutex_lock(&authcache.lock);
     *hits = authcache.hits;
     *misses = authcache.misses;
+    *shared = authcache.shared;
     pthread_mutex_unlock(&authcache.lock);
 }

@@ -8,7 +8,14 @@
  * a deleted or disabled account never reaches the cache, a password change
  * (a new stored hash) misses at once, and a wrong password can never match
  * the HMAC of the right one, so it always goes through yescrypt and fails.
- * Only successful verifications are stored. Bounded; thread-safe. */
+ * Only successful verifications are stored. Bounded; thread-safe.
+ *
+ * Single flight: while one thread verifies a (user, stored hash, password)
+ * triple, another about to verify the very same triple waits for that
+ * result instead of computing it again, so a floor of devices logging in
+ * with one account's credentials at once (after a restart, when the cache
+ * is empty) costs one yescrypt, not one each. The same triple has the same
+ * result; a different password or stored hash never shares one. */
 #ifndef SMARTHOST_AUTHCACHE_H
 #define SMARTHOST_AUTHCACHE_H
 
@@ -24,7 +31,20 @@ bool authcache_check(const char *user, const char *stored_hash, const char *pass
 /* Remember a successful verification. */
 void authcache_put(const char *user, const char *stored_hash, const char *password);
 
-/* Hits and misses since init (for tests and the benchmark). */
-void authcache_stats(unsigned long long *hits, unsigned long long *misses);
+/* Before verifying password against stored_hash: 1 (it matches) or 0 (it
+ * does not) when that is known already, from the cache or by waiting for
+ * another thread verifying the same triple right now; -1 when the caller
+ * must verify it, then call authcache_settle with the same *claim. Blocks
+ * (never call it on an event loop thread). */
+int authcache_begin(const char *user, const char *stored_hash, const char *password, int *claim);
+/* The result of that verification: cached when it matched, and handed to
+ * whoever waits for it. */
+void authcache_settle(int claim, const char *user, const char *stored_hash, const char *password,
+                      bool is_match);
+
+/* Hits, misses, and verifications shared by waiting (single flight) since
+ * init (for tests and the benchmark). */
+void authcache_stats(unsigned long long *hits, unsigned long long *misses,
+                     unsigned long long *shared);
 
 #endif

@@ -598,13 +598,16 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
     }
     /* The hash is computed for a disabled account too, so that a disabled
      * account takes as long as any other failure. A device reconnecting
-     * with the password verified a moment ago skips yescrypt (authcache.h:
+     * with the password verified a moment ago skips yescrypt, and devices
+     * logging in with the same credentials at once share one (authcache.h:
      * keyed on the stored hash, so a password change misses at once). */
-    bool is_match = is_enabled && authcache_check(name, hash, password);
-    if (!is_match) {
+    int claim = 0;
+    int known = is_enabled ? authcache_begin(name, hash, password, &claim) : -1;
+    bool is_match = known == 1;
+    if (known < 0) {
         is_match = password_verify(password, hash);
-        if (is_match && is_enabled)
-            authcache_put(name, hash, password);
+        if (is_enabled)
+            authcache_settle(claim, name, hash, password, is_match);
     }
     explicit_bzero(hash, sizeof(hash));
     if (!is_enabled)

@@ -1,11 +1,16 @@
 /* Unit tests: the credentials cache never lets a wrong password through,
- * misses at once when the stored hash changes, and stays bounded. */
+ * misses at once when the stored hash changes, and stays bounded; a
+ * verification under way is shared only with the very same credentials. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 
 #include <cmocka.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <time.h>
 
 #include "auth/authcache.h"
 
@@ -25,9 +30,10 @@ static void test_hits_only_the_verified_password(void **state)
     authcache_put("ricoh", "$y$hash2", "new");
     assert_false(authcache_check("ricoh", "$y$hash1", "right")); /* replaced */
     assert_true(authcache_check("ricoh", "$y$hash2", "new"));
-    unsigned long long hits, misses;
-    authcache_stats(&hits, &misses);
+    unsigned long long hits, misses, shared;
+    authcache_stats(&hits, &misses, &shared);
     assert_int_equal(hits, 2);
+    assert_int_equal(shared, 0);
     authcache_done();
 }
 
@@ -53,11 +59,111 @@ static void test_bounded_and_disabled(void **state)
     authcache_done();
 }
 
+/* ---- single flight ----------------------------------------------------- */
+
+struct waiter {
+    const char *user, *hash, *password;
+    pthread_t thread;
+    int known, claim;
+};
+
+static void *waiter_run(void *arg)
+{
+    struct waiter *w = arg;
+    w->known = authcache_begin(w->user, w->hash, w->password, &w->claim);
+    return NULL;
+}
+
+static void waiter_start(struct waiter *w, const char *user, const char *hash, const char *pw)
+{
+    *w = (struct waiter){.user = user, .hash = hash, .password = pw, .known = 9, .claim = 9};
+    assert_int_equal(pthread_create(&w->thread, NULL, waiter_run, w), 0);
+}
+
+/* Until `want` callers have joined a flight (no timing: a generous
+ * deadline, then a failure rather than a hang). */
+static void wait_shared(unsigned long long want)
+{
+    for (int i = 0; i < 60000; i++) {
+        unsigned long long hits, misses, shared;
+        authcache_stats(&hits, &misses, &shared);
+        if (shared >= want)
+            return;
+        nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+    }
+    fail_msg("no caller joined the verification under way");
+}
+
+static void test_single_flight(void **state)
+{
+    (void)state;
+    assert_int_equal(authcache_init(64), 0);
+    /* the first verifies; two more with the same credentials wait for it */
+    int claim = 0;
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", &claim), -1);
+    assert_true(claim > 0);
+    struct waiter w[2];
+    waiter_start(&w[0], "ricoh", "$y$h1", "right");
+    waiter_start(&w[1], "ricoh", "$y$h1", "right");
+    wait_shared(2);
+    /* other credentials do not wait: a password, a stored hash, a user */
+    int other = 0;
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "wrong", &other), -1);
+    assert_true(other > 0 && other != claim);
+    authcache_settle(other, "ricoh", "$y$h1", "wrong", false);
+    assert_int_equal(authcache_begin("ricoh", "$y$h2", "right", &other), -1);
+    authcache_settle(other, "ricoh", "$y$h2", "right", false);
+    assert_int_equal(authcache_begin("RICOH", "$y$h1", "right", &other), -1);
+    authcache_settle(other, "RICOH", "$y$h1", "right", false);
+    authcache_settle(claim, "ricoh", "$y$h1", "right", true);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(w[i].thread, NULL);
+        assert_int_equal(w[i].known, 1);
+        assert_int_equal(w[i].claim, 0);
+    }
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", &claim), 1); /* cached */
+    assert_int_equal(claim, 0);
+
+    /* a failed verification is shared with its waiters, and not kept */
+    assert_int_equal(authcache_begin("canon", "$y$h", "bad", &claim), -1);
+    waiter_start(&w[0], "canon", "$y$h", "bad");
+    wait_shared(3);
+    authcache_settle(claim, "canon", "$y$h", "bad", false);
+    pthread_join(w[0].thread, NULL);
+    assert_int_equal(w[0].known, 0);
+    assert_int_equal(authcache_begin("canon", "$y$h", "bad", &claim), -1);
+    assert_true(claim > 0);
+    authcache_settle(claim, "canon", "$y$h", "bad", false);
+
+    /* more verifications at once than flights: the rest go alone */
+    int claims[64];
+    char user[64][16];
+    for (int i = 0; i < 64; i++) {
+        snprintf(user[i], sizeof(user[i]), "dev%d", i);
+        assert_int_equal(authcache_begin(user[i], "$y$h", "pw", &claims[i]), -1);
+        assert_true(claims[i] > 0);
+    }
+    assert_int_equal(authcache_begin("dev64", "$y$h", "pw", &claim), -1);
+    assert_int_equal(claim, 0);
+    authcache_settle(claim, "dev64", "$y$h", "pw", true);
+    for (int i = 0; i < 64; i++)
+        authcache_settle(claims[i], user[i], "$y$h", "pw", true);
+    assert_int_equal(authcache_begin("dev63", "$y$h", "pw", &claim), 1); /* the last put */
+    authcache_done();
+
+    /* the cache off: nothing shared either */
+    assert_int_equal(authcache_init(0), 0);
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", &claim), -1);
+    assert_int_equal(claim, 0);
+    authcache_done();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hits_only_the_verified_password),
         cmocka_unit_test(test_bounded_and_disabled),
+        cmocka_unit_test(test_single_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,8 +12,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 #include <sqlite3.h>
 
+#include "auth/authcache.h"
 #include "auth/store.h"
 
 struct fixture {
@@ -273,6 +275,51 @@ static void test_verify_outcomes(void **state)
     assert_int_equal(store_verify_password(f->st, "alice", "looking-glass"), STORE_AUTH_OK);
 }
 
+struct login {
+    const char *path;
+    const char *password;
+    pthread_t thread;
+    int result;
+};
+
+static void *login_run(void *arg)
+{
+    struct login *l = arg;
+    struct store *st = NULL;
+    l->result = -100;
+    if (store_open(l->path, 5000, &st) == STORE_OK)
+        l->result = store_verify_password(st, "scanner", l->password);
+    store_close(st);
+    return NULL;
+}
+
+/* A floor of devices logging in at once with one account, the cache on
+ * (and empty, as after a restart): whoever shares a verification gets the
+ * result for its own password, never another's. */
+static void test_concurrent_logins(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(authcache_init(64), 0);
+    assert_int_equal(store_user_add(f->st, "scanner", "floor-3"), STORE_OK);
+    enum { N = 12 };
+    for (int round = 0; round < 2; round++) {
+        struct login l[N];
+        for (int i = 0; i < N; i++) {
+            l[i] = (struct login){.path = f->path, .password = i % 3 == 2 ? "floor-4" : "floor-3"};
+            assert_int_equal(pthread_create(&l[i].thread, NULL, login_run, &l[i]), 0);
+        }
+        for (int i = 0; i < N; i++) {
+            pthread_join(l[i].thread, NULL);
+            assert_int_equal(l[i].result, i % 3 == 2 ? STORE_AUTH_BAD_PASSWORD : STORE_AUTH_OK);
+        }
+    }
+    /* a password change takes effect at once for everyone */
+    assert_int_equal(store_user_passwd(f->st, "scanner", "floor-5"), STORE_OK);
+    assert_int_equal(store_verify_password(f->st, "scanner", "floor-3"), STORE_AUTH_BAD_PASSWORD);
+    assert_int_equal(store_verify_password(f->st, "scanner", "floor-5"), STORE_AUTH_OK);
+    authcache_done();
+}
+
 /* Read a whole file into a new buffer (caller frees); NULL if absent. */
 static char *slurp(const char *path, size_t *len)
 {
@@ -408,6 +455,7 @@ int main(void)
         T(test_names_validated),
         T(test_passwords_and_descriptions_validated),
         T(test_verify_outcomes),
+        T(test_concurrent_logins),
         T(test_no_plaintext_in_file),
         T(test_list),
         T(test_busy_writer),
