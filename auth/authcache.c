@@ -203,9 +203,9 @@ out:
 }
 
 void authcache_settle(int claim, const char *user, const char *stored_hash, const char *password,
-                      bool is_match)
+                      bool is_match, bool is_kept)
 {
-    if (is_match)
+    if (is_match && is_kept)
         authcache_put(user, stored_hash, password); /* before the waiters wake */
     if (claim < 1 || claim > AUTHCACHE_FLIGHTS)
         return;

@@ -37,10 +37,10 @@ void authcache_put(const char *user, const char *stored_hash, const char *passwo
  * must verify it, then call authcache_settle with the same *claim. Blocks
  * (never call it on an event loop thread). */
 int authcache_begin(const char *user, const char *stored_hash, const char *password, int *claim);
-/* The result of that verification: cached when it matched, and handed to
- * whoever waits for it. */
+/* The result of that verification, handed to whoever waits for it; kept
+ * in the cache when it matched and is_kept (an enabled account). */
 void authcache_settle(int claim, const char *user, const char *stored_hash, const char *password,
-                      bool is_match);
+                      bool is_match, bool is_kept);
 
 /* Hits, misses, and verifications shared by waiting (single flight) since
  * init (for tests and the benchmark). */

@@ -561,6 +561,25 @@ int store_user_list(struct store *st, int (*cb)(const struct account *a, void *a
     return status;
 }
 
+/* Does password match hash? Through the auth cache (authcache.h): a
+ * device reconnecting with the password verified a moment ago skips
+ * yescrypt, and logins with the very same name, hash and password at once
+ * share one. Every outcome goes this way (no such account: the dummy hash;
+ * disabled; enabled), so that two identical logins at once take the same
+ * time whether the account exists or not. Only an enabled account's match
+ * is kept. */
+static bool store_password_matches(const char *name, const char *hash, const char *password,
+                                   bool is_cacheable)
+{
+    int claim = 0;
+    int known = authcache_begin(name, hash, password, &claim);
+    if (known >= 0)
+        return known == 1;
+    bool is_match = password_verify(password, hash);
+    authcache_settle(claim, name, hash, password, is_match, is_cacheable);
+    return is_match;
+}
+
 enum store_auth_result store_verify_password(struct store *st, const char *name,
                                              const char *password)
 {
@@ -568,7 +587,7 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
         password = "";
     if (!store_name_is_valid(name)) {
         /* Same work as for a real account: timing says nothing. */
-        (void)password_verify(password, STORE_DUMMY_HASH);
+        (void)store_password_matches(name, STORE_DUMMY_HASH, password, false);
         return STORE_AUTH_NO_USER;
     }
     sqlite3_stmt *stmt = st->st_verify;
@@ -588,7 +607,7 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
     sqlite3_reset(stmt);
     sqlite3_clear_bindings(stmt);
     if (rc == SQLITE_DONE) {
-        (void)password_verify(password, STORE_DUMMY_HASH);
+        (void)store_password_matches(name, STORE_DUMMY_HASH, password, false);
         return STORE_AUTH_NO_USER;
     }
     if (rc != SQLITE_ROW) {
@@ -597,18 +616,9 @@ enum store_auth_result store_verify_password(struct store *st, const char *name,
         return STORE_AUTH_ERROR;
     }
     /* The hash is computed for a disabled account too, so that a disabled
-     * account takes as long as any other failure. A device reconnecting
-     * with the password verified a moment ago skips yescrypt, and devices
-     * logging in with the same credentials at once share one (authcache.h:
-     * keyed on the stored hash, so a password change misses at once). */
-    int claim = 0;
-    int known = is_enabled ? authcache_begin(name, hash, password, &claim) : -1;
-    bool is_match = known == 1;
-    if (known < 0) {
-        is_match = password_verify(password, hash);
-        if (is_enabled)
-            authcache_settle(claim, name, hash, password, is_match);
-    }
+     * account takes as long as any other failure. The cache is keyed on
+     * the stored hash, so a password change misses at once. */
+    bool is_match = store_password_matches(name, hash, password, is_enabled);
     explicit_bzero(hash, sizeof(hash));
     if (!is_enabled)
         return STORE_AUTH_DISABLED;

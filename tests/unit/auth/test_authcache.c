@@ -110,12 +110,12 @@ static void test_single_flight(void **state)
     int other = 0;
     assert_int_equal(authcache_begin("ricoh", "$y$h1", "wrong", &other), -1);
     assert_true(other > 0 && other != claim);
-    authcache_settle(other, "ricoh", "$y$h1", "wrong", false);
+    authcache_settle(other, "ricoh", "$y$h1", "wrong", false, true);
     assert_int_equal(authcache_begin("ricoh", "$y$h2", "right", &other), -1);
-    authcache_settle(other, "ricoh", "$y$h2", "right", false);
+    authcache_settle(other, "ricoh", "$y$h2", "right", false, true);
     assert_int_equal(authcache_begin("RICOH", "$y$h1", "right", &other), -1);
-    authcache_settle(other, "RICOH", "$y$h1", "right", false);
-    authcache_settle(claim, "ricoh", "$y$h1", "right", true);
+    authcache_settle(other, "RICOH", "$y$h1", "right", false, true);
+    authcache_settle(claim, "ricoh", "$y$h1", "right", true, true);
     for (int i = 0; i < 2; i++) {
         pthread_join(w[i].thread, NULL);
         assert_int_equal(w[i].known, 1);
@@ -128,12 +128,21 @@ static void test_single_flight(void **state)
     assert_int_equal(authcache_begin("canon", "$y$h", "bad", &claim), -1);
     waiter_start(&w[0], "canon", "$y$h", "bad");
     wait_shared(3);
-    authcache_settle(claim, "canon", "$y$h", "bad", false);
+    authcache_settle(claim, "canon", "$y$h", "bad", false, true);
     pthread_join(w[0].thread, NULL);
     assert_int_equal(w[0].known, 0);
     assert_int_equal(authcache_begin("canon", "$y$h", "bad", &claim), -1);
     assert_true(claim > 0);
-    authcache_settle(claim, "canon", "$y$h", "bad", false);
+    authcache_settle(claim, "canon", "$y$h", "bad", false, true);
+
+    /* a match not to be kept (a disabled account): shared, not cached */
+    assert_int_equal(authcache_begin("epson", "$y$h", "pw", &claim), -1);
+    waiter_start(&w[0], "epson", "$y$h", "pw");
+    wait_shared(4);
+    authcache_settle(claim, "epson", "$y$h", "pw", true, false);
+    pthread_join(w[0].thread, NULL);
+    assert_int_equal(w[0].known, 1);
+    assert_false(authcache_check("epson", "$y$h", "pw"));
 
     /* more verifications at once than flights: the rest go alone */
     int claims[64];
@@ -145,9 +154,9 @@ static void test_single_flight(void **state)
     }
     assert_int_equal(authcache_begin("dev64", "$y$h", "pw", &claim), -1);
     assert_int_equal(claim, 0);
-    authcache_settle(claim, "dev64", "$y$h", "pw", true);
+    authcache_settle(claim, "dev64", "$y$h", "pw", true, true);
     for (int i = 0; i < 64; i++)
-        authcache_settle(claims[i], user[i], "$y$h", "pw", true);
+        authcache_settle(claims[i], user[i], "$y$h", "pw", true, true);
     assert_int_equal(authcache_begin("dev63", "$y$h", "pw", &claim), 1); /* the last put */
     authcache_done();
 

@@ -277,7 +277,7 @@ static void test_verify_outcomes(void **state)
 
 struct login {
     const char *path;
-    const char *password;
+    const char *user, *password;
     pthread_t thread;
     int result;
 };
@@ -288,9 +288,26 @@ static void *login_run(void *arg)
     struct store *st = NULL;
     l->result = -100;
     if (store_open(l->path, 5000, &st) == STORE_OK)
-        l->result = store_verify_password(st, "scanner", l->password);
+        l->result = store_verify_password(st, l->user, l->password);
     store_close(st);
     return NULL;
+}
+
+/* n logins at once, user[i % 3] with password[i % 3]; each must get
+ * want[i % 3]. */
+static void logins_at_once(const struct fixture *f, const char *const user[3],
+                           const char *const password[3], const int want[3])
+{
+    enum { N = 12 };
+    struct login l[N];
+    for (int i = 0; i < N; i++) {
+        l[i] = (struct login){.path = f->path, .user = user[i % 3], .password = password[i % 3]};
+        assert_int_equal(pthread_create(&l[i].thread, NULL, login_run, &l[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(l[i].thread, NULL);
+        assert_int_equal(l[i].result, want[i % 3]);
+    }
 }
 
 /* A floor of devices logging in at once with one account, the cache on
@@ -301,18 +318,17 @@ static void test_concurrent_logins(void **state)
     struct fixture *f = *state;
     assert_int_equal(authcache_init(64), 0);
     assert_int_equal(store_user_add(f->st, "scanner", "floor-3"), STORE_OK);
-    enum { N = 12 };
-    for (int round = 0; round < 2; round++) {
-        struct login l[N];
-        for (int i = 0; i < N; i++) {
-            l[i] = (struct login){.path = f->path, .password = i % 3 == 2 ? "floor-4" : "floor-3"};
-            assert_int_equal(pthread_create(&l[i].thread, NULL, login_run, &l[i]), 0);
-        }
-        for (int i = 0; i < N; i++) {
-            pthread_join(l[i].thread, NULL);
-            assert_int_equal(l[i].result, i % 3 == 2 ? STORE_AUTH_BAD_PASSWORD : STORE_AUTH_OK);
-        }
-    }
+    const char *const users[3] = {"scanner", "scanner", "nobody"};
+    const char *const passwords[3] = {"floor-3", "floor-4", "floor-3"};
+    const int results[3] = {STORE_AUTH_OK, STORE_AUTH_BAD_PASSWORD, STORE_AUTH_NO_USER};
+    for (int round = 0; round < 2; round++) /* the cache empty, then warm */
+        logins_at_once(f, users, passwords, results);
+    /* disabled: refused whatever the password, though it was cached */
+    assert_int_equal(store_user_set_enabled(f->st, "scanner", false), STORE_OK);
+    const int disabled[3] = {STORE_AUTH_DISABLED, STORE_AUTH_DISABLED, STORE_AUTH_NO_USER};
+    logins_at_once(f, users, passwords, disabled);
+    assert_int_equal(store_user_set_enabled(f->st, "scanner", true), STORE_OK);
+    logins_at_once(f, users, passwords, results);
     /* a password change takes effect at once for everyone */
     assert_int_equal(store_user_passwd(f->st, "scanner", "floor-5"), STORE_OK);
     assert_int_equal(store_verify_password(f->st, "scanner", "floor-3"), STORE_AUTH_BAD_PASSWORD);
