@@ -148,7 +148,7 @@ static const struct config_key config_key_table[] = {
      CONFIG_FIELD(auth_failure_window_ms), .doc = "Failures older than this are forgotten."},
     {.section = "auth", .name = "cache_size", .type = CONFIG_UINT, .default_value = "4096",
      .max = 1000000, CONFIG_FIELD(auth_cache_size),
-     .doc = "Recently verified logins kept (HMAC, not passwords); 0 = off."},
+     .doc = "Verified logins kept (HMAC, not passwords), identical ones shared; 0 = off."},
 
     {.section = "queue", .name = "busy_timeout", .type = CONFIG_DURATION,
      .default_value = "5s", .min = 100, .max = 10 * MS_PER_M,
