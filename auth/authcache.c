@@ -32,6 +32,7 @@ struct authcache_entry {
  * result is settled and every waiter has read it. */
 struct authcache_flight {
     bool is_used, is_done, is_match;
+    bool is_aborted;                    /* authcache_done: waiters verify alone */
     unsigned waiters;
     char user[AUTHCACHE_USER_MAX];
     uint8_t hash_digest[AUTHCACHE_DIGEST];
@@ -85,7 +86,18 @@ void authcache_done(void)
     authcache.entries = NULL;
     authcache.sets = 0;
     explicit_bzero(authcache.key, sizeof(authcache.key));
-    explicit_bzero(authcache.flights, sizeof(authcache.flights));
+    /* Verifications under way: their settle finds nothing to match (see
+     * authcache_settle); their waiters wake and verify alone. */
+    for (int i = 0; i < AUTHCACHE_FLIGHTS; i++) {
+        struct authcache_flight *f = &authcache.flights[i];
+        unsigned waiters = f->waiters;
+        explicit_bzero(f, sizeof(*f));
+        if (waiters > 0) {
+            f->is_used = f->is_done = f->is_aborted = true;
+            f->waiters = waiters;
+        }
+    }
+    pthread_cond_broadcast(&authcache.settled);
     pthread_mutex_unlock(&authcache.lock);
 }
 
@@ -154,7 +166,18 @@ static void authcache_flight_free(struct authcache_flight *f)
     explicit_bzero(f, sizeof(*f));
 }
 
-int authcache_begin(const char *user, const char *stored_hash, const char *password, int *claim)
+/* Under the lock: is f the verification of (user, hd, secret) under way
+ * or just settled? */
+static bool authcache_flight_is(const struct authcache_flight *f, const char *user,
+                                const uint8_t *hd, const uint8_t *secret)
+{
+    return f->is_used && !f->is_aborted && strcmp(f->user, user) == 0 &&
+           authcache_equal(f->hash_digest, hd, AUTHCACHE_DIGEST) &&
+           authcache_equal(f->secret, secret, AUTHCACHE_DIGEST);
+}
+
+int authcache_begin(const char *user, const char *stored_hash, const char *password,
+                    bool is_lookup, int *claim)
 {
     *claim = 0;
     if (strlen(user) >= AUTHCACHE_USER_MAX)
@@ -164,7 +187,7 @@ int authcache_begin(const char *user, const char *stored_hash, const char *passw
     pthread_mutex_lock(&authcache.lock);
     if (authcache.sets == 0 || !authcache_digests(stored_hash, password, hd, secret))
         goto out;
-    if (authcache_lookup(user, hd, secret)) {
+    if (is_lookup && authcache_lookup(user, hd, secret)) {
         known = 1;
         goto out;
     }
@@ -176,15 +199,14 @@ int authcache_begin(const char *user, const char *stored_hash, const char *passw
                 free_slot = f;
             continue;
         }
-        if (strcmp(f->user, user) != 0 || !authcache_equal(f->hash_digest, hd, AUTHCACHE_DIGEST) ||
-            !authcache_equal(f->secret, secret, AUTHCACHE_DIGEST))
+        if (!authcache_flight_is(f, user, hd, secret))
             continue;
         /* the very same verification is under way: its result is ours */
         f->waiters++;
         authcache.shared++;
         while (!f->is_done)
             pthread_cond_wait(&authcache.settled, &authcache.lock);
-        known = f->is_match ? 1 : 0;
+        known = f->is_aborted ? -1 : f->is_match ? 1 : 0;
         if (--f->waiters == 0)
             authcache_flight_free(f);
         goto out;
@@ -207,17 +229,24 @@ void authcache_settle(int claim, const char *user, const char *stored_hash, cons
 {
     if (is_match && is_kept)
         authcache_put(user, stored_hash, password); /* before the waiters wake */
-    if (claim < 1 || claim > AUTHCACHE_FLIGHTS)
+    if (claim < 1 || claim > AUTHCACHE_FLIGHTS || strlen(user) >= AUTHCACHE_USER_MAX)
         return;
+    uint8_t hd[AUTHCACHE_DIGEST], secret[AUTHCACHE_DIGEST];
     pthread_mutex_lock(&authcache.lock);
     struct authcache_flight *f = &authcache.flights[claim - 1];
-    f->is_done = true;
-    f->is_match = is_match;
-    if (f->waiters == 0)
-        authcache_flight_free(f);
-    else
-        pthread_cond_broadcast(&authcache.settled);
+    /* Still ours? Not after authcache_done (the slot may since be another
+     * verification's); the same credentials would get the same result. */
+    if (authcache_digests(stored_hash, password, hd, secret) &&
+        authcache_flight_is(f, user, hd, secret) && !f->is_done) {
+        f->is_done = true;
+        f->is_match = is_match;
+        if (f->waiters == 0)
+            authcache_flight_free(f);
+        else
+            pthread_cond_broadcast(&authcache.settled);
+    }
     pthread_mutex_unlock(&authcache.lock);
+    explicit_bzero(secret, sizeof(secret));
 }
 
 void authcache_put(const char *user, const char *stored_hash, const char *password)

@@ -32,11 +32,14 @@ bool authcache_check(const char *user, const char *stored_hash, const char *pass
 void authcache_put(const char *user, const char *stored_hash, const char *password);
 
 /* Before verifying password against stored_hash: 1 (it matches) or 0 (it
- * does not) when that is known already, from the cache or by waiting for
- * another thread verifying the same triple right now; -1 when the caller
- * must verify it, then call authcache_settle with the same *claim. Blocks
- * (never call it on an event loop thread). */
-int authcache_begin(const char *user, const char *stored_hash, const char *password, int *claim);
+ * does not) when that is known already, from the cache (only if is_lookup:
+ * false for a disabled or unknown account, whose right password must cost
+ * a whole yescrypt like any other) or by waiting for another thread
+ * verifying the same triple right now; -1 when the caller must verify it,
+ * then call authcache_settle with the same *claim. Blocks (never call it
+ * on an event loop thread). */
+int authcache_begin(const char *user, const char *stored_hash, const char *password,
+                    bool is_lookup, int *claim);
 /* The result of that verification, handed to whoever waits for it; kept
  * in the cache when it matched and is_kept (an enabled account). */
 void authcache_settle(int claim, const char *user, const char *stored_hash, const char *password,

@@ -567,12 +567,12 @@ int store_user_list(struct store *st, int (*cb)(const struct account *a, void *a
  * share one. Every outcome goes this way (no such account: the dummy hash;
  * disabled; enabled), so that two identical logins at once take the same
  * time whether the account exists or not. Only an enabled account's match
- * is kept. */
+ * is kept, and only an enabled account is looked up in the cache. */
 static bool store_password_matches(const char *name, const char *hash, const char *password,
                                    bool is_cacheable)
 {
     int claim = 0;
-    int known = authcache_begin(name, hash, password, &claim);
+    int known = authcache_begin(name, hash, password, is_cacheable, &claim);
     if (known >= 0)
         return known == 1;
     bool is_match = password_verify(password, hash);

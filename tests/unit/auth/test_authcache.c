@@ -70,7 +70,7 @@ struct waiter {
 static void *waiter_run(void *arg)
 {
     struct waiter *w = arg;
-    w->known = authcache_begin(w->user, w->hash, w->password, &w->claim);
+    w->known = authcache_begin(w->user, w->hash, w->password, true, &w->claim);
     return NULL;
 }
 
@@ -100,7 +100,7 @@ static void test_single_flight(void **state)
     assert_int_equal(authcache_init(64), 0);
     /* the first verifies; two more with the same credentials wait for it */
     int claim = 0;
-    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", &claim), -1);
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", true, &claim), -1);
     assert_true(claim > 0);
     struct waiter w[2];
     waiter_start(&w[0], "ricoh", "$y$h1", "right");
@@ -108,12 +108,12 @@ static void test_single_flight(void **state)
     wait_shared(2);
     /* other credentials do not wait: a password, a stored hash, a user */
     int other = 0;
-    assert_int_equal(authcache_begin("ricoh", "$y$h1", "wrong", &other), -1);
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "wrong", true, &other), -1);
     assert_true(other > 0 && other != claim);
     authcache_settle(other, "ricoh", "$y$h1", "wrong", false, true);
-    assert_int_equal(authcache_begin("ricoh", "$y$h2", "right", &other), -1);
+    assert_int_equal(authcache_begin("ricoh", "$y$h2", "right", true, &other), -1);
     authcache_settle(other, "ricoh", "$y$h2", "right", false, true);
-    assert_int_equal(authcache_begin("RICOH", "$y$h1", "right", &other), -1);
+    assert_int_equal(authcache_begin("RICOH", "$y$h1", "right", true, &other), -1);
     authcache_settle(other, "RICOH", "$y$h1", "right", false, true);
     authcache_settle(claim, "ricoh", "$y$h1", "right", true, true);
     for (int i = 0; i < 2; i++) {
@@ -121,22 +121,26 @@ static void test_single_flight(void **state)
         assert_int_equal(w[i].known, 1);
         assert_int_equal(w[i].claim, 0);
     }
-    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", &claim), 1); /* cached */
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", true, &claim), 1); /* cached */
     assert_int_equal(claim, 0);
+    /* no look-up asked (a disabled account): verified again, though cached */
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", false, &claim), -1);
+    assert_true(claim > 0);
+    authcache_settle(claim, "ricoh", "$y$h1", "right", true, false);
 
     /* a failed verification is shared with its waiters, and not kept */
-    assert_int_equal(authcache_begin("canon", "$y$h", "bad", &claim), -1);
+    assert_int_equal(authcache_begin("canon", "$y$h", "bad", true, &claim), -1);
     waiter_start(&w[0], "canon", "$y$h", "bad");
     wait_shared(3);
     authcache_settle(claim, "canon", "$y$h", "bad", false, true);
     pthread_join(w[0].thread, NULL);
     assert_int_equal(w[0].known, 0);
-    assert_int_equal(authcache_begin("canon", "$y$h", "bad", &claim), -1);
+    assert_int_equal(authcache_begin("canon", "$y$h", "bad", true, &claim), -1);
     assert_true(claim > 0);
     authcache_settle(claim, "canon", "$y$h", "bad", false, true);
 
     /* a match not to be kept (a disabled account): shared, not cached */
-    assert_int_equal(authcache_begin("epson", "$y$h", "pw", &claim), -1);
+    assert_int_equal(authcache_begin("epson", "$y$h", "pw", true, &claim), -1);
     waiter_start(&w[0], "epson", "$y$h", "pw");
     wait_shared(4);
     authcache_settle(claim, "epson", "$y$h", "pw", true, false);
@@ -149,20 +153,42 @@ static void test_single_flight(void **state)
     char user[64][16];
     for (int i = 0; i < 64; i++) {
         snprintf(user[i], sizeof(user[i]), "dev%d", i);
-        assert_int_equal(authcache_begin(user[i], "$y$h", "pw", &claims[i]), -1);
+        assert_int_equal(authcache_begin(user[i], "$y$h", "pw", true, &claims[i]), -1);
         assert_true(claims[i] > 0);
     }
-    assert_int_equal(authcache_begin("dev64", "$y$h", "pw", &claim), -1);
+    assert_int_equal(authcache_begin("dev64", "$y$h", "pw", true, &claim), -1);
     assert_int_equal(claim, 0);
     authcache_settle(claim, "dev64", "$y$h", "pw", true, true);
     for (int i = 0; i < 64; i++)
         authcache_settle(claims[i], user[i], "$y$h", "pw", true, true);
-    assert_int_equal(authcache_begin("dev63", "$y$h", "pw", &claim), 1); /* the last put */
+    assert_int_equal(authcache_begin("dev63", "$y$h", "pw", true, &claim), 1); /* the last put */
+    authcache_done();
+
+    /* closed during a verification: its waiters verify alone, and its
+     * late settle cannot answer a new verification in the same slot */
+    assert_int_equal(authcache_init(64), 0);
+    int stale = 0;
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", true, &stale), -1);
+    waiter_start(&w[0], "ricoh", "$y$h1", "right");
+    wait_shared(1);
+    authcache_done();
+    pthread_join(w[0].thread, NULL);
+    assert_int_equal(w[0].known, -1);
+    assert_int_equal(w[0].claim, 0);
+    assert_int_equal(authcache_init(64), 0);
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "wrong", true, &claim), -1);
+    assert_int_equal(claim, stale); /* the same slot */
+    waiter_start(&w[0], "ricoh", "$y$h1", "wrong");
+    wait_shared(1);
+    authcache_settle(stale, "ricoh", "$y$h1", "right", true, false); /* ignored */
+    authcache_settle(claim, "ricoh", "$y$h1", "wrong", false, true);
+    pthread_join(w[0].thread, NULL);
+    assert_int_equal(w[0].known, 0);
     authcache_done();
 
     /* the cache off: nothing shared either */
     assert_int_equal(authcache_init(0), 0);
-    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", &claim), -1);
+    assert_int_equal(authcache_begin("ricoh", "$y$h1", "right", true, &claim), -1);
     assert_int_equal(claim, 0);
     authcache_done();
 }

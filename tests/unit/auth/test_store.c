@@ -327,6 +327,12 @@ static void test_concurrent_logins(void **state)
     assert_int_equal(store_user_set_enabled(f->st, "scanner", false), STORE_OK);
     const int disabled[3] = {STORE_AUTH_DISABLED, STORE_AUTH_DISABLED, STORE_AUTH_NO_USER};
     logins_at_once(f, users, passwords, disabled);
+    /* and not from the cache: its right password costs a yescrypt too */
+    unsigned long long hits0, hits1, misses, shared;
+    authcache_stats(&hits0, &misses, &shared);
+    assert_int_equal(store_verify_password(f->st, "scanner", "floor-3"), STORE_AUTH_DISABLED);
+    authcache_stats(&hits1, &misses, &shared);
+    assert_int_equal(hits1, hits0);
     assert_int_equal(store_user_set_enabled(f->st, "scanner", true), STORE_OK);
     logins_at_once(f, users, passwords, results);
     /* a password change takes effect at once for everyone */
