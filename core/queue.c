@@ -484,14 +484,14 @@ static void queue_call_hook(struct queue *q, size_t first, size_t count, sqlite3
         const struct queue_commit_req *req = q->batch[i];
         if (q->refused[i] || q->is_spool_failed[i])
             continue;
-        bool is_authenticated = req->auth_user != NULL && req->auth_user[0] != '\0';
+        /* committed, so queue_req_is_valid: auth_user is not NULL */
         struct queue_committed c = {
             .message_id = q->message_ids[i],
             .qid = req->qid,
             .created_at = now,
             .sender = req->sender,
-            .auth_user = req->auth_user != NULL ? req->auth_user : "",
-            .owner = !is_authenticated ? "" : has_policy ? req->verdict.owner : NULL,
+            .auth_user = req->auth_user,
+            .owner = req->auth_user[0] == '\0' ? "" : has_policy ? req->verdict.owner : NULL,
             .recipients = req->recipients,
             .recipient_ids = q->is_rcpt_ids_lost ? NULL : q->rcpt_ids + q->rcpt_first[i],
             .recipient_count = req->recipient_count,

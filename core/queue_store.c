@@ -515,13 +515,13 @@ static int queue_store_drop_done_body(struct queue_store *s, int64_t message_id)
 }
 
 /* One outcome's rows, inside the caller's transaction; *step names the
- * statement that failed; *is_gone: its message was deleted (nothing
- * written). Returns an SQLite code. */
+ * statement that failed; *status: 0, or QUEUE_ERR_NOT_FOUND when its
+ * message was deleted (nothing written). Returns an SQLite code. */
 static int queue_store_write_outcome(struct queue_store *s, const struct queue_outcome *o,
-                                     const char **step, bool *is_gone)
+                                     const char **step, int *status)
 {
     int rc = SQLITE_OK;
-    *is_gone = false;
+    *status = 0;
     if (o->qid != NULL) {
         *step = "lookup";
         sqlite3_stmt *st = NULL;
@@ -531,10 +531,11 @@ static int queue_store_write_outcome(struct queue_store *s, const struct queue_o
         sqlite3_bind_int64(st, 1, o->message_id);
         sqlite3_bind_text(st, 2, o->qid, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
-        *is_gone = !(rc == SQLITE_ROW && sqlite3_column_int(st, 0) == 1);
+        if (!(rc == SQLITE_ROW && sqlite3_column_int(st, 0) == 1))
+            *status = QUEUE_ERR_NOT_FOUND;
         rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(s->db);
         store_done(s, st);
-        if (rc != SQLITE_OK || *is_gone)
+        if (rc != SQLITE_OK || *status != 0)
             return rc;
     }
     for (size_t i = 0; rc == SQLITE_OK && i < o->attempt_count; i++) {
@@ -560,16 +561,17 @@ static int queue_store_write_outcome(struct queue_store *s, const struct queue_o
     return rc;
 }
 
-/* outcomes[0 .. n) in one transaction; an SQLite code. */
+/* outcomes[0 .. n) in one transaction; an SQLite code; when it is
+ * SQLITE_OK, status[i] as queue_store_write_outcome sets it. */
 static int queue_store_record_group(struct queue_store *s, const struct queue_outcome *const *o,
-                                    size_t n, bool *is_gone)
+                                    size_t n, int *status)
 {
     const char *step = "begin";
     s->doomed_count = 0;
     store_write_begin(s);
     int rc = sql_cache_exec(&s->sql, "BEGIN IMMEDIATE");
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
-        rc = queue_store_write_outcome(s, o[i], &step, &is_gone[i]);
+        rc = queue_store_write_outcome(s, o[i], &step, &status[i]);
     if (rc == SQLITE_OK) {
         step = "commit";
         rc = sql_cache_exec(&s->sql, "COMMIT");
@@ -585,33 +587,22 @@ static int queue_store_record_group(struct queue_store *s, const struct queue_ou
     return rc;
 }
 
-static int queue_store_status(int rc, bool is_gone)
+/* The status of a failed write (never 0). */
+static int queue_store_status(int rc)
 {
-    if (rc == SQLITE_OK)
-        return is_gone ? QUEUE_ERR_NOT_FOUND : 0;
     return queue_status_from_sqlite(rc) == QUEUE_OK ? QUEUE_ERR_STORAGE : queue_status_from_sqlite(rc);
 }
 
 int queue_store_record_batch(struct queue_store *s, const struct queue_outcome *const *o, size_t n,
                              int *status)
 {
-    bool *is_gone = calloc(n ? n : 1, sizeof(*is_gone));
-    if (is_gone == NULL) {
-        for (size_t i = 0; i < n; i++)
-            status[i] = -ENOMEM;
-        return -ENOMEM;
-    }
-    int rc = queue_store_record_group(s, o, n, is_gone);
+    int rc = queue_store_record_group(s, o, n, status);
     bool is_busy = queue_status_from_sqlite(rc) == QUEUE_ERR_BUSY; /* retrying would wait again */
-    if (rc == SQLITE_OK || n == 1 || is_busy) {
-        for (size_t i = 0; i < n; i++)
-            status[i] = queue_store_status(rc, is_gone[i]);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            status[i] = queue_store_status(queue_store_record_group(s, &o[i], 1, &is_gone[i]),
-                                           is_gone[i]);
+    for (size_t i = 0; rc != SQLITE_OK && i < n; i++) {
+        int one = n == 1 || is_busy ? rc : queue_store_record_group(s, &o[i], 1, &status[i]);
+        if (one != SQLITE_OK)
+            status[i] = queue_store_status(one);
     }
-    free(is_gone);
     int first = 0;
     for (size_t i = 0; i < n && first == 0; i++)
         first = status[i];

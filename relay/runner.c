@@ -770,6 +770,16 @@ static void runner_msg_free(struct relay_msg *m)
     free(m);
 }
 
+/* A list linked by next (not r->msgs' accounting). */
+static void runner_msg_free_list(struct relay_msg *list)
+{
+    while (list != NULL) {
+        struct relay_msg *m = list;
+        list = m->next;
+        runner_msg_free(m);
+    }
+}
+
 static void runner_job_free(struct runner_job *job)
 {
     free(job->rcpt_idx);
@@ -891,7 +901,7 @@ static bool runner_take_inbox(struct relay_runner *r)
         list = m->next;
         m->next = NULL;
         /* a scan that ran since the commit may have taken it already */
-        struct relay_msg *held = r->is_stopping ? NULL : runner_msg_find(r, m->due.id);
+        struct relay_msg *held = runner_msg_find(r, m->due.id);
         if (r->is_stopping || (held != NULL && strcmp(held->due.qid, m->due.qid) == 0)) {
             runner_msg_free(m);
             continue;
@@ -2092,16 +2102,8 @@ void relay_runner_stop(struct relay_runner *r)
     uv_run(&r->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&r->loop) != 0)
         log_warn(NULL, "relay: event loop closed with handles still open");
-    while (r->msgs != NULL) {
-        struct relay_msg *m = r->msgs;
-        r->msgs = m->next;
-        runner_msg_free(m);
-    }
-    while (r->inbox != NULL) { /* still queued: the next start's scan takes them */
-        struct relay_msg *m = r->inbox;
-        r->inbox = m->next;
-        runner_msg_free(m);
-    }
+    runner_msg_free_list(r->msgs);
+    runner_msg_free_list(r->inbox); /* still queued: the next start's scan takes them */
     pthread_mutex_destroy(&r->inbox_lock);
     queue_store_close(r->store);
     gnutls_certificate_free_credentials(r->creds);

@@ -94,6 +94,22 @@ static void wait_shared(unsigned long long want)
     fail_msg("no caller joined the verification under way");
 }
 
+/* One verification of (user, hash, pw) with a waiter that joins it (the
+ * shared_before-th); settled with is_match / is_kept; the waiter's answer. */
+static int shared_result(const char *user, const char *hash, const char *pw,
+                         unsigned long long shared_before, bool is_match, bool is_kept)
+{
+    int claim = 0;
+    assert_int_equal(authcache_begin(user, hash, pw, true, &claim), -1);
+    struct waiter w;
+    waiter_start(&w, user, hash, pw);
+    wait_shared(shared_before + 1);
+    authcache_settle(claim, user, hash, pw, is_match, is_kept);
+    pthread_join(w.thread, NULL);
+    assert_int_equal(w.claim, 0);
+    return w.known;
+}
+
 static void test_single_flight(void **state)
 {
     (void)state;
@@ -129,23 +145,13 @@ static void test_single_flight(void **state)
     authcache_settle(claim, "ricoh", "$y$h1", "right", true, false);
 
     /* a failed verification is shared with its waiters, and not kept */
-    assert_int_equal(authcache_begin("canon", "$y$h", "bad", true, &claim), -1);
-    waiter_start(&w[0], "canon", "$y$h", "bad");
-    wait_shared(3);
-    authcache_settle(claim, "canon", "$y$h", "bad", false, true);
-    pthread_join(w[0].thread, NULL);
-    assert_int_equal(w[0].known, 0);
+    assert_int_equal(shared_result("canon", "$y$h", "bad", 2, false, true), 0);
     assert_int_equal(authcache_begin("canon", "$y$h", "bad", true, &claim), -1);
     assert_true(claim > 0);
     authcache_settle(claim, "canon", "$y$h", "bad", false, true);
 
     /* a match not to be kept (a disabled account): shared, not cached */
-    assert_int_equal(authcache_begin("epson", "$y$h", "pw", true, &claim), -1);
-    waiter_start(&w[0], "epson", "$y$h", "pw");
-    wait_shared(4);
-    authcache_settle(claim, "epson", "$y$h", "pw", true, false);
-    pthread_join(w[0].thread, NULL);
-    assert_int_equal(w[0].known, 1);
+    assert_int_equal(shared_result("epson", "$y$h", "pw", 3, true, false), 1);
     assert_false(authcache_check("epson", "$y$h", "pw"));
 
     /* more verifications at once than flights: the rest go alone */
