@@ -1172,21 +1172,27 @@ static const char *runner_state_word(enum retry_outcome o)
 static void runner_record(struct relay_runner *r, struct relay_msg *m)
 {
     struct runner_db_job *j = calloc(1, sizeof(*j));
-    if (j == NULL)
-        return; /* not recorded: retried at next scan (message stays in memory until stop) */
+    if (j != NULL) {
+        j->updates = calloc(m->rcpt_count ? m->rcpt_count : 1, sizeof(*j->updates));
+        j->attempt_rows =
+            calloc(m->attempt_count ? m->attempt_count : 1, sizeof(*j->attempt_rows));
+    }
+    if (j == NULL || j->updates == NULL || j->attempt_rows == NULL) {
+        /* as a failed write: out of memory, and soon tried again (held in
+         * memory, the scans would skip it until the daemon stops) */
+        log_warn(m->due.qid, "delivery result not recorded (out of memory): the message will "
+                             "be tried again");
+        if (j != NULL)
+            free(j->updates), free(j->attempt_rows), free(j);
+        runner_msg_drop(r, m);
+        runner_scan_soon(r);
+        return;
+    }
     j->kind = RUNNER_DB_RECORD;
     j->msg = m;
     int64_t now = runner_now();
     bool is_expired = retry_is_expired(&r->set.retry, m->due.created_at, now);
     bool has_bounce = false, has_defer = false;
-    j->updates = calloc(m->rcpt_count ? m->rcpt_count : 1, sizeof(*j->updates));
-    j->attempt_rows = calloc(m->attempt_count ? m->attempt_count : 1, sizeof(*j->attempt_rows));
-    if (j->updates == NULL || j->attempt_rows == NULL) {
-        free(j->updates);
-        free(j->attempt_rows);
-        free(j);
-        return;
-    }
     size_t nu = 0;
     for (size_t i = 0; i < m->rcpt_count; i++) {
         struct runner_rcpt *rc = &m->rcpt[i];
