@@ -121,6 +121,7 @@ struct queue {
     int ckpt_base;       /* guarded by lock: see queue_checkpoint_due */
     /* guarded by lock */
     struct queue_commit_req *head, *tail; /* FIFO of submitted requests */
+    struct queue_task *task_head, *task_tail; /* FIFO of submitted tasks */
     bool is_closing;
     queue_committed_hook hook;
     void *hook_arg;
@@ -138,6 +139,7 @@ struct queue {
 
     char spool[4200]; /* queue_spool_dir(): large bodies */
     int spool_fd;
+    struct queue_store *task_store; /* committer thread only: on db, made at the first task */
     /* committer thread only: the rows the open transaction inserted, for
      * the committed hook; rcpt_ids is NULL after an allocation failed */
     int64_t message_ids[QUEUE_BATCH_MAX];
@@ -353,6 +355,7 @@ static void queue_free_db(struct queue *q)
     sqlite3_finalize(q->st_body);
     sqlite3_finalize(q->st_recipient);
     sql_cache_clear(&q->sql);
+    queue_store_close(q->task_store); /* its statements, before db closes */
     pthread_mutex_destroy(&q->write_lock);
     sqlite3_close(q->ckpt_db); /* NULL-safe; the last connection to close checkpoints */
     sqlite3_close(q->db);
@@ -686,15 +689,28 @@ static void queue_finish_batch(struct queue *q, size_t n)
     }
 }
 
+/* Outside any batch's transaction, in the order they came. */
+static void queue_run_tasks(struct queue *q, struct queue_task *t)
+{
+    if (t != NULL && q->task_store == NULL)
+        q->task_store = queue_store_borrow(q->db, q->spool, &q->write_lock);
+    while (t != NULL) {
+        struct queue_task *next = t->next; /* t may be freed by its run */
+        t->next = NULL;
+        t->run(q->task_store, t->arg);
+        t = next;
+    }
+}
+
 static void *queue_run_committer(void *arg)
 {
     struct queue *q = arg;
     pthread_setname_np(pthread_self(), "committer");
     for (;;) {
         pthread_mutex_lock(&q->lock);
-        while (q->head == NULL && !q->is_closing)
+        while (q->head == NULL && q->task_head == NULL && !q->is_closing)
             pthread_cond_wait(&q->cond, &q->lock);
-        if (q->head == NULL) { /* closing and drained */
+        if (q->head == NULL && q->task_head == NULL) { /* closing and drained */
             pthread_mutex_unlock(&q->lock);
             break;
         }
@@ -705,10 +721,15 @@ static void *queue_run_committer(void *arg)
         }
         if (q->head == NULL)
             q->tail = NULL;
+        struct queue_task *tasks = q->task_head;
+        q->task_head = q->task_tail = NULL;
         pthread_mutex_unlock(&q->lock);
 
-        queue_write_batch(q, n);
-        queue_finish_batch(q, n);
+        if (n > 0) {
+            queue_write_batch(q, n);
+            queue_finish_batch(q, n);
+        }
+        queue_run_tasks(q, tasks);
     }
     return NULL;
 }
@@ -940,6 +961,21 @@ int queue_commit_submit(struct queue *q, struct queue_commit_req *req)
     pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->lock);
     return 0;
+}
+
+void queue_task_submit(struct queue *q, struct queue_task *t)
+{
+    if (t == NULL || t->run == NULL)
+        fatal("queue_task_submit: a task without its function");
+    t->next = NULL;
+    pthread_mutex_lock(&q->lock);
+    if (q->task_tail != NULL)
+        q->task_tail->next = t;
+    else
+        q->task_head = t;
+    q->task_tail = t;
+    pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->lock);
 }
 
 pthread_mutex_t *queue_share(struct queue *q, sqlite3 *db)

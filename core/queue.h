@@ -55,7 +55,8 @@ struct queue;
 /* Open (creating/migrating) the queue tables in the database at path and
  * start the committer thread. Caller frees with queue_close. */
 int queue_open(const char *path, unsigned busy_timeout_ms, struct queue **out);
-/* Finish every submitted request (callbacks run), stop the thread, close. */
+/* Finish every submitted request (callbacks run) and task, stop the
+ * thread, close. */
 void queue_close(struct queue *q);
 
 /* Thread-safe. Returns 0 (the callback will run exactly once) or
@@ -98,6 +99,23 @@ void queue_set_committed_hook(struct queue *q, queue_committed_hook hook, void *
  * SAVEPOINT), so a refusal fails that request alone (QUEUE_ERR_POLICY, with
  * req->verdict) and concurrent sessions can never overrun a quota. */
 void queue_set_policy(struct queue *q, const struct policy_defaults *d);
+
+struct queue_store;
+/* Delivery-side writes run by the committer thread, between its batches, on
+ * its own connection: they invalidate no other connection's page cache (in
+ * WAL mode a connection re-reads every page once another has committed),
+ * and they find the pages the committer just wrote still cached. run(s,
+ * arg) is called once on the committer thread, with a store on that
+ * connection (its write transactions take turns with the committer's
+ * batches as a shared store's do), or with s NULL when none could be made
+ * (out of memory); it must not wait for the submitter. Not after
+ * queue_close has begun. */
+struct queue_task {
+    void (*run)(struct queue_store *s, void *arg);
+    void *arg;
+    struct queue_task *next; /* private to queue.c */
+};
+void queue_task_submit(struct queue *q, struct queue_task *t);
 
 /* Write transactions committed (one WAL fsync each) since queue_open: a
  * whole group commit counts once. Thread-safe; for tests and status. */

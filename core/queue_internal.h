@@ -69,6 +69,13 @@ const char *queue_vfs(void);
  * writes it made to the kernel. */
 void queue_vfs_stats(uint64_t *gathered, uint64_t *written);
 
+/* A store on a connection it does not own (the committer's, for its
+ * tasks): its writes hold write_lock (NULL: none); queue_store_close
+ * leaves db open. spool: queue_spool_dir() of the database. NULL when out
+ * of memory. */
+struct queue_store *queue_store_borrow(sqlite3 *db, const char *spool,
+                                       pthread_mutex_t *write_lock);
+
 /* The store's connection, for tests that look at its prepared statements
  * (sqlite3_next_stmt) and their query plans. */
 sqlite3 *queue_store_db(struct queue_store *s);

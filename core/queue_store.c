@@ -36,6 +36,7 @@ struct queue_store {
     size_t doomed_count, doomed_cap;
     struct sql_cache sql; /* the runner runs the same few statements per message */
     pthread_mutex_t *write_lock; /* the daemon's queue's (queue_store_share), or NULL */
+    bool is_borrowed;            /* db is another's: queue_store_borrow */
 };
 
 static void store_write_begin(struct queue_store *s)
@@ -85,12 +86,27 @@ int queue_store_open(const char *path, unsigned busy_timeout_ms, struct queue_st
     return 0;
 }
 
+struct queue_store *queue_store_borrow(sqlite3 *db, const char *spool,
+                                       pthread_mutex_t *write_lock)
+{
+    struct queue_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->db = db;
+    s->is_borrowed = true;
+    s->write_lock = write_lock;
+    snprintf(s->spool, sizeof(s->spool), "%s", spool);
+    sql_cache_init(&s->sql, db);
+    return s;
+}
+
 void queue_store_close(struct queue_store *s)
 {
     if (s == NULL)
         return;
     sql_cache_clear(&s->sql);
-    sqlite3_close(s->db);
+    if (!s->is_borrowed)
+        sqlite3_close(s->db);
     free(s->doomed);
     free(s);
 }

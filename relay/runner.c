@@ -10,8 +10,9 @@
  * within the limits (in total, per destination, per address, pacing). A job
  * resolves, then walks the addresses: connect, deliver, per-recipient
  * results. When the last job of a message ends, its outcome (attempt rows,
- * recipient states, any DSN) is written in one transaction (worker), and
- * only then is the message free to be picked again. So a DSN is created
+ * recipient states, any DSN) is written in one transaction (by the queue's
+ * committer thread, on its connection, as a queue_task; on a worker when
+ * the runner has no queue), and only then is the message free to be picked again. So a DSN is created
  * exactly once per failure and never lost, and a recipient is 'delivered'
  * only once the remote 250 is on disk here. */
 #include "relay/runner.h"
@@ -216,6 +217,7 @@ struct runner_db_job {
      * waiting behind it are written in the same transaction */
     struct runner_db_job *group[RUNNER_RECORD_BATCH];
     size_t group_n;
+    struct queue_task task;        /* the group's, run by the queue's committer */
     uint64_t queued_at_ms;
     struct runner_db_job *next;
 };
@@ -227,6 +229,8 @@ struct relay_runner {
     uv_thread_t thread;
     uv_async_t wake_async;
     uv_async_t stop_async;
+    uv_async_t db_done_async;       /* the committer wrote a group of outcomes */
+    _Atomic(struct runner_db_job *) db_done;
     uv_timer_t scan_timer;
     uv_timer_t grace_timer;
     uv_timer_t record_timer;
@@ -526,7 +530,10 @@ static void runner_rate_take(struct relay_runner *r, const char *key, size_t rcp
     }
 }
 
-/* ---- the database worker: one job at a time ------------------------------ */
+/* ---- the database jobs: one at a time ------------------------------------ */
+/* Scans run on a libuv worker with r->store; groups of outcomes on the
+ * queue's committer thread (runner_db_record_task), which then wakes the
+ * loop through db_done_async. */
 
 static void runner_db_run_next(struct relay_runner *r);
 
@@ -550,6 +557,31 @@ static bool runner_is_in_flight(int64_t message_id, void *arg)
 
 static void runner_scan_read(struct relay_runner *r, struct runner_db_job *j, int64_t now);
 
+/* The group of outcomes j carries, in one transaction on s (NULL: none). */
+static void runner_db_record(struct queue_store *s, struct runner_db_job *j)
+{
+    const struct queue_outcome *o[RUNNER_RECORD_BATCH];
+    int status[RUNNER_RECORD_BATCH];
+    for (size_t i = 0; i < j->group_n; i++) {
+        o[i] = &j->group[i]->outcome;
+        status[i] = QUEUE_ERR_STORAGE;
+    }
+    if (s != NULL)
+        queue_store_record_batch(s, o, j->group_n, status);
+    for (size_t i = 0; i < j->group_n; i++)
+        j->group[i]->status = status[i];
+}
+
+/* On the queue's committer thread. */
+static void runner_db_record_task(struct queue_store *s, void *arg)
+{
+    struct runner_db_job *j = arg;
+    struct relay_runner *r = j->runner;
+    runner_db_record(s, j);
+    atomic_store(&r->db_done, j);
+    uv_async_send(&r->db_done_async); /* j and r are the loop's again */
+}
+
 static void runner_db_work(uv_work_t *w)
 {
     struct runner_db_job *j = w->data;
@@ -562,13 +594,7 @@ static void runner_db_work(uv_work_t *w)
             queue_store_share(r->store, r->queue);
     }
     if (j->kind == RUNNER_DB_RECORD) {
-        const struct queue_outcome *o[RUNNER_RECORD_BATCH];
-        int status[RUNNER_RECORD_BATCH];
-        for (size_t i = 0; i < j->group_n; i++)
-            o[i] = &j->group[i]->outcome;
-        queue_store_record_batch(r->store, o, j->group_n, status);
-        for (size_t i = 0; i < j->group_n; i++)
-            j->group[i]->status = status[i];
+        runner_db_record(r->store, j);
         return;
     }
     /* scan */
@@ -699,10 +725,25 @@ static void runner_db_run_next(struct relay_runner *r)
     }
     r->is_db_busy = true;
     j->work.data = j;
+    if (j->kind == RUNNER_DB_RECORD && r->queue != NULL) {
+        /* on the connection that wrote these messages: their pages are
+         * still in its cache, and no other connection's is dropped */
+        j->task = (struct queue_task){.run = runner_db_record_task, .arg = j};
+        queue_task_submit(r->queue, &j->task);
+        return;
+    }
     if (uv_queue_work(&r->loop, &j->work, runner_db_work, runner_db_after) != 0) {
         r->is_db_busy = false;
         log_err(NULL, "relay: cannot queue database work");
     }
+}
+
+static void runner_on_db_done(uv_async_t *a)
+{
+    struct relay_runner *r = a->data;
+    struct runner_db_job *j = atomic_exchange(&r->db_done, NULL);
+    if (j != NULL)
+        runner_db_after(&j->work, 0);
 }
 
 static void runner_db_submit(struct relay_runner *r, struct runner_db_job *j)
@@ -2000,6 +2041,9 @@ int relay_runner_start(const struct config *cfg, struct queue *queue, struct rel
     r->wake_async.data = r;
     uv_async_init(&r->loop, &r->stop_async, runner_on_stop);
     r->stop_async.data = r;
+    uv_async_init(&r->loop, &r->db_done_async, runner_on_db_done);
+    r->db_done_async.data = r;
+    atomic_init(&r->db_done, NULL);
     uv_timer_init(&r->loop, &r->scan_timer);
     r->scan_timer.data = r;
     uv_timer_init(&r->loop, &r->grace_timer);

@@ -1458,6 +1458,86 @@ static void test_store_shares_write_lock(void **state)
     tracker_destroy(&t);
 }
 
+/* ---- tasks on the committer --------------------------------------------- */
+
+/* A delivery outcome written by a task: where it ran and what it got. */
+struct task_probe {
+    struct queue_task task;
+    struct queue_rcpt_update done[2];
+    struct queue_outcome o;
+    pthread_t thread;
+    bool has_run, has_store;
+    int status;
+};
+
+static void task_probe_run(struct queue_store *s, void *arg)
+{
+    struct task_probe *p = arg;
+    p->thread = pthread_self();
+    p->has_store = s != NULL;
+    p->status = s != NULL ? queue_store_record(s, &p->o) : QUEUE_ERR_STORAGE;
+    p->has_run = true;
+}
+
+static void task_probe_init(struct task_probe *p, const struct queue_due *due)
+{
+    memset(p, 0, sizeof(*p));
+    for (size_t k = 0; k < due->rcpt_count && k < 2; k++)
+        p->done[k] = (struct queue_rcpt_update){.recipient_id = due->rcpts[k].id,
+                                                .state = "delivered", .dsn_status = "2.0.0",
+                                                .last_error = ""};
+    p->o = (struct queue_outcome){.message_id = due->id, .qid = due->qid, .now = time(NULL),
+                                  .rcpts = p->done, .rcpt_count = due->rcpt_count};
+    p->task = (struct queue_task){.run = task_probe_run, .arg = p};
+}
+
+/* A task runs on the committer thread with a store on its connection, its
+ * writes in turn with the batches (a commit lined up behind the task still
+ * commits), and one submitted just before queue_close still runs. */
+static void test_tasks_on_committer(void **state)
+{
+    struct fixture *f = *state;
+    struct queue *q = open_queue(f, 0);
+    struct tracker t;
+    tracker_init(&t);
+    struct test_req reqs[3];
+    for (size_t i = 0; i < 3; i++)
+        test_req_init(&reqs[i], &t);
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(queue_commit_submit(q, &reqs[i].req), 0);
+    tracker_wait_done(&t, 2);
+
+    struct queue_store *s = NULL;
+    assert_int_equal(queue_store_open(f->path, 0, &s), 0);
+    struct queue_due *due = NULL;
+    size_t n = 0;
+    assert_int_equal(queue_store_due(s, time(NULL) + 1, 10, NULL, NULL, &due, &n), 0);
+    assert_int_equal(n, 2);
+    queue_store_close(s);
+    struct task_probe probes[2];
+    task_probe_init(&probes[0], &due[0]);
+    task_probe_init(&probes[1], &due[1]);
+
+    queue_task_submit(q, &probes[0].task);
+    assert_int_equal(queue_commit_submit(q, &reqs[2].req), 0);
+    tracker_wait_done(&t, 3); /* the batch taken with the task (or after it) */
+    assert_int_equal(reqs[2].status, QUEUE_OK);
+    queue_task_submit(q, &probes[1].task);
+    queue_close(q); /* runs what was submitted before it returns */
+
+    for (size_t i = 0; i < 2; i++) {
+        assert_true(probes[i].has_run);
+        assert_true(probes[i].has_store);
+        assert_false(pthread_equal(probes[i].thread, pthread_self()));
+        assert_int_equal(probes[i].status, QUEUE_OK);
+    }
+    assert_true(pthread_equal(probes[0].thread, probes[1].thread));
+    queue_due_free(due, n);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE state = 'done'"), 2);
+    assert_int_equal(sql_int(f, "SELECT COUNT(*) FROM messages WHERE state = 'queued'"), 1);
+    tracker_destroy(&t);
+}
+
 /* ---- the committed hook ---------------------------------------------- */
 
 /* What the hook saw of one message (its pointers are borrowed: copied). */
@@ -1618,6 +1698,8 @@ int main(void)
         cmocka_unit_test(test_checkpoint_due),
         cmocka_unit_test_setup_teardown(test_wal_starts_over, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_wal_restart_gives_way, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_on_committer, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_store_shares_write_lock, fixture_setup,
                                         fixture_teardown),
