@@ -12,9 +12,9 @@
  * results. When the last job of a message ends, its outcome (attempt rows,
  * recipient states, any DSN) is written in one transaction (by the queue's
  * committer thread, on its connection, as a queue_task; on a worker when
- * the runner has no queue), and only then is the message free to be picked again. So a DSN is created
- * exactly once per failure and never lost, and a recipient is 'delivered'
- * only once the remote 250 is on disk here. */
+ * the runner has no queue), and only then is the message free to be picked
+ * again. So a DSN is created exactly once per failure and never lost, and a
+ * recipient is 'delivered' only once the remote 250 is on disk here. */
 #include "relay/runner.h"
 
 #include <errno.h>

@@ -27,6 +27,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,22 +175,16 @@ static int ceil_conn_command(struct ceil_conn *c, char verb[5])
     }
 }
 
-/* Past the message's "CRLF.CRLF"; -1 at EOF or error. The end may straddle
- * two reads: the last 4 bytes seen are kept. */
+/* Past the message's "CRLF.CRLF"; -1 at EOF or error. The last 4 bytes
+ * seen, one per byte of tail, so the end may straddle two reads. */
 static int ceil_conn_skip_data(struct ceil_conn *c)
 {
-    static const char end[] = "\r\n.\r\n";
-    char tail[4] = {'\r', '\n', 0, 0}; /* DATA's own CRLF starts a line */
-    size_t tail_len = 2;
+    const uint32_t end = (uint32_t)'\n' << 24 | (uint32_t)'.' << 16 | '\r' << 8 | '\n';
+    uint32_t tail = '\r' << 8 | '\n'; /* DATA's own CRLF starts a line */
     for (;;) {
         while (c->off < c->len) {
-            char ch = c->buf[c->off++];
-            if (tail_len == 4) {
-                memmove(tail, tail + 1, 3);
-                tail_len = 3;
-            }
-            tail[tail_len++] = ch;
-            if (tail_len == 4 && ch == '\n' && memcmp(tail, end + 1, 4) == 0)
+            tail = tail << 8 | (uint8_t)c->buf[c->off++];
+            if (tail == end)
                 return 0;
         }
         c->off = c->len = 0;
@@ -199,6 +194,10 @@ static int ceil_conn_skip_data(struct ceil_conn *c)
         c->len = (size_t)r;
     }
 }
+
+#define CEIL_EHLO                                                                           \
+    "250-ceiling.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n250-8BITMIME\r\n"              \
+    "250-ENHANCEDSTATUSCODES\r\n"
 
 static void ceil_smtp_serve(int fd)
 {
@@ -211,13 +210,9 @@ static void ceil_smtp_serve(int fd)
         goto out;
     while (ceil_conn_command(c, verb) == 0) {
         int rc = 0;
-        if (strcmp(verb, "EHLO") == 0 && c->tls == NULL)
-            rc = ceil_conn_send(c, "250-ceiling.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n"
-                                   "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n");
-        else if (strcmp(verb, "EHLO") == 0)
-            rc = ceil_conn_send(c, "250-ceiling.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n"
-                                   "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n"
-                                   "250 AUTH PLAIN LOGIN\r\n");
+        if (strcmp(verb, "EHLO") == 0)
+            rc = ceil_conn_send(c, c->tls == NULL ? CEIL_EHLO "250 STARTTLS\r\n"
+                                                  : CEIL_EHLO "250 AUTH PLAIN LOGIN\r\n");
         else if (strcmp(verb, "STAR") == 0 && c->tls == NULL) {
             if (ceil_conn_send(c, "220 2.0.0 Ready to start TLS\r\n") < 0)
                 break;
